@@ -1,0 +1,5 @@
+import sys
+
+from sslvit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,260 @@
+"""The `sslvit` command line: parses, wires, and calls into the layers below."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from sslvit.methods import method_names
+from sslvit.models import MODELS
+
+log = logging.getLogger("sslvit")
+
+
+def _recipe_path(name: str) -> Path:
+    """A recipe file path, or the name of a built-in recipe in `sslvit/recipes/`."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    builtin = resources.files("sslvit") / "recipes" / f"{name}.yaml"
+    if not builtin.is_file():
+        known = sorted(p.name[:-5] for p in (resources.files("sslvit") / "recipes").iterdir())
+        raise FileNotFoundError(
+            f"{name}: no such recipe file; built-in recipes: {', '.join(known)}"
+        )
+    return Path(str(builtin))
+
+
+def build_config(args: argparse.Namespace):
+    """Defaults, then the recipe, then named options, then `--set` overrides."""
+    from sslvit.train.config import Config, apply_overrides, load_config
+
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: nothing to resume (no config.yaml in --out)")
+        # a resumed run keeps its own config; only how it executes may change
+        allowed = ("run.", "data.workers=")
+        for item in args.set:
+            if not item.startswith(allowed) or item.startswith("run.out="):
+                raise ValueError(f"--set {item}: only run.* and data.workers can change on resume")
+        return apply_overrides(load_config(saved), args.set)
+
+    config = load_config(_recipe_path(args.config)) if args.config else Config()
+    named = {
+        "data.path": args.data,
+        "method.name": args.method,
+        "model.name": args.model,
+        "data.img_size": args.img_size,
+        "model.patch_size": args.patch_size,
+        "optim.epochs": args.epochs,
+        "optim.batch_size": args.batch_size,
+        "optim.base_lr": args.base_lr,
+        "data.workers": args.workers,
+        "data.strict": True if args.strict else None,
+        "run.out": args.out,
+        "run.seed": args.seed,
+        "run.device": args.device,
+        "run.precision": args.precision,
+    }
+    if args.data is None and not args.config:
+        # the built-in sample is 28 px MNIST: a 7x7 grid of 4 px patches
+        named["data.img_size"] = args.img_size or 28
+        named["model.patch_size"] = args.patch_size or 4
+    items = [f"{k}={json.dumps(v)}" for k, v in named.items() if v is not None]
+    return apply_overrides(config, items + list(args.set))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from sslvit.train.loop import Trainer
+    from sslvit.viz import recon_figure
+
+    trainer = Trainer(build_config(args), resume=args.resume)
+    run_dir = trainer.train()
+    if trainer.dist.is_main and hasattr(trainer.method, "reconstruct"):
+        figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", device=trainer.device)
+        log.info("reconstructions: %s", figure)
+
+
+def _eval_sets(args: argparse.Namespace, in_chans_hint=None):
+    """The labelled training and test sets an eval command works on."""
+    from sslvit.data import Subset, open_images, stratified_split
+
+    if args.data is None:
+        if args.test_data is not None:
+            raise ValueError("--test-data needs --data")
+        return open_images("sample:train", labeled=True), open_images("sample:test", labeled=True)
+    train = open_images(args.data, labeled=True, strict=args.strict)
+    if args.test_data is not None:
+        return train, open_images(args.test_data, labeled=True, strict=args.strict)
+    train_idx, test_idx = stratified_split(train.labels, args.split, args.seed)
+    log.info(
+        "no --test-data: holding out a stratified %s of %s as the test set", args.split, args.data
+    )
+    return Subset(train, train_idx), Subset(train, test_idx)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from sslvit.evaluate.classify import evaluate_encoder
+    from sslvit.evaluate.report import format_table, save_result
+    from sslvit.models import load_encoder
+    from sslvit.train.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    encoder, info = load_encoder(args.encoder, device)
+    train, test = _eval_sets(args)
+    result = evaluate_encoder(
+        args.kind,
+        encoder,
+        info,
+        train,
+        test,
+        labels_spec=args.labels,
+        seed=args.seed,
+        device=device,
+        pool=args.pool,
+    )
+    result["encoder"] = str(args.encoder)
+    result["data"] = args.data or "sample"
+    columns = [
+        c for c in ("kind", "pool", "labels", "n_train", "n_test", "top1", "top5") if c in result
+    ]
+    print(format_table([result], columns))
+    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
+    saved = save_result(run_dir, args.kind, result)
+    log.info("saved %s", saved)
+    print(json.dumps(result))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from sslvit.viz import recon_figure
+
+    out = recon_figure(args.encoder, args.out, data=args.data, n_images=args.n, seed=args.seed)
+    print(out)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from sslvit.export import export_encoder
+
+    print(export_encoder(args.encoder, args.out, format=args.format))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from sslvit.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, device=args.device)
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder without labels")
+    p.add_argument("--data", help="folder of images (recursive); omitted: the built-in sample")
+    p.add_argument("--method", choices=method_names(), help="pretraining method (default mae)")
+    p.add_argument("--model", choices=sorted(MODELS), help="encoder size (default vit_tiny)")
+    p.add_argument(
+        "--img-size", type=int, help="input side in pixels (default 224; 28 on the sample)"
+    )
+    p.add_argument("--patch-size", type=int, help="patch side in pixels; must divide --img-size")
+    p.add_argument("--epochs", type=int, help="passes over the data (default 100)")
+    p.add_argument("--batch-size", type=int, help="images per step per process (default 128)")
+    p.add_argument(
+        "--base-lr", type=float, help="learning rate per 256 images of effective batch (1.5e-4)"
+    )
+    p.add_argument("--workers", type=int, help="data-loading processes per training process")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
+    p.add_argument("--out", help="run folder (default runs/mae)")
+    p.add_argument("--seed", type=int, help="seed of weights, data order, crops and masks")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--config", help="recipe: a YAML file or a built-in name (mae, mae_tiny32)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set optim.warmup_epochs=2 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="kNN or linear probe on frozen features")
+    p.add_argument("kind", choices=["knn", "linear"])
+    p.add_argument("--encoder", required=True, help="run folder or exported .safetensors")
+    p.add_argument("--data", help="labelled folder (class sub-folders); omitted: the sample")
+    p.add_argument("--test-data", help="labelled test folder with the same classes")
+    p.add_argument(
+        "--split", type=float, default=0.2, help="held-out fraction when no --test-data (0.2)"
+    )
+    p.add_argument("--labels", help="labels used for training: '10%%' or a count per class")
+    p.add_argument("--pool", choices=["cls", "mean"], help="feature pooling (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the probe")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_others(sub) -> None:
+    p = sub.add_parser("show", help="pictures: recon (MAE reconstructions)")
+    p.add_argument("what", choices=["recon"])
+    p.add_argument("--encoder", required=True, help="run folder")
+    p.add_argument("--data", help="images to show; omitted: the run's data")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n", type=int, default=8, help="number of images (rows)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write the encoder for timm")
+    p.add_argument("--encoder", required=True, help="run folder or .safetensors")
+    p.add_argument("--out", required=True, help=".safetensors file to write (+ .json sidecar)")
+    p.add_argument("--format", default="timm", choices=["timm"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="MAE on the built-in sample, then kNN and linear probes")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sslvit", description="Self-supervised pretraining of Vision Transformers."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_pretrain(sub)
+    _add_eval(sub)
+    _add_others(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    from sslvit.train.loop import NonFiniteLossError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"sslvit: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"sslvit: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sslvit: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Files to tensors: readers, image sets, splits, channel statistics and augmented views."""
+
+from sslvit.data.arrays import ArrayImages, ImageSet, Subset
+from sslvit.data.folders import FolderImages, open_images
+from sslvit.data.readers import (
+    ARRAY_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    READABLE_EXTENSIONS,
+    UnreadableImageError,
+    read_array,
+    read_image,
+)
+from sslvit.data.sample import load_sample
+from sslvit.data.splits import LabelSpec, label_subset, parse_label_spec, stratified_split
+from sslvit.data.stats import channel_stats
+from sslvit.data.views import SeededViews, eval_transform, train_transform
+
+__all__ = [
+    "ARRAY_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "READABLE_EXTENSIONS",
+    "ArrayImages",
+    "FolderImages",
+    "ImageSet",
+    "LabelSpec",
+    "SeededViews",
+    "Subset",
+    "UnreadableImageError",
+    "channel_stats",
+    "eval_transform",
+    "label_subset",
+    "load_sample",
+    "open_images",
+    "parse_label_spec",
+    "read_array",
+    "read_image",
+    "stratified_split",
+    "train_transform",
+]

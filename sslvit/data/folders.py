@@ -1,0 +1,265 @@
+"""Image sets found on disk: a folder tree, labels from class sub-folders or a CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from sslvit.data.arrays import ArrayImages, ImageSet
+from sslvit.data.readers import (
+    READABLE_EXTENSIONS,
+    UnreadableImageError,
+    is_readable_name,
+    read_array,
+    read_image,
+)
+from sslvit.data.sample import SAMPLE_SPLITS, load_sample
+
+logger = logging.getLogger(__name__)
+
+_N_NAMED_IN_WARNING = 5
+_MIN_FILES_FOR_PROCESSES = 2000
+# ITU-R BT.601 luma weights, the ones PIL uses for RGB -> L.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class FolderImages:
+    """Every readable image under a folder, sorted by relative path.
+
+    Files and folders whose name starts with "." are skipped; extensions match
+    case-insensitively (see `sslvit.data.readers.READABLE_EXTENSIONS`). `names` are paths
+    relative to `root`, with "/" separators.
+
+    `in_chans` is the most common channel count. Grey images in an RGB set are read as three
+    equal channels and RGB images in a grey set as their luma, so a few odd files in a photo
+    collection do not stop a run; any other channel mismatch makes the file unreadable.
+
+    Args:
+        root: The folder to scan (recursively).
+        labeled: None: labels from the first-level sub-folders when every image sits inside
+            one and there are at least two of them. True: labels from the sub-folders (or from
+            `labels_csv`), an error if an image sits directly in `root`. False: no labels.
+        strict: Raise on the first unreadable file instead of skipping it.
+        check: Decode every file once while scanning, skipping unreadable ones (one warning
+            lists them). Without it, the scan trusts the file names and reads the first file
+            only, to learn `in_chans`.
+        labels_csv: A CSV with a header and columns `path,label` (path relative to `root`);
+            when given, it lists the images and their classes instead of the folder tree.
+            Classes are sorted numerically when all labels are integers, else as text.
+
+    Attributes:
+        root: The folder given.
+        names: Path of each image relative to `root`.
+        paths: Full path of each image.
+        labels: Class index per image, or None.
+        classes: Class names, or None.
+        in_chans: Channels of every image that `read` returns.
+        skipped: `(relative path, reason)` of every file left out.
+
+    Raises:
+        ValueError: `root` is missing, not a folder or holds no image files; `labeled=True`
+            without class sub-folders; a malformed `labels_csv`.
+        UnreadableImageError: With `strict=True`, a file cannot be read.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        labeled: bool | None = None,
+        strict: bool = False,
+        check: bool = True,
+        labels_csv: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise ValueError(f"{self.root}: no such folder")
+        if not self.root.is_dir():
+            raise ValueError(f"{self.root}: not a folder")
+
+        if labels_csv is not None and labeled is not False:
+            names, class_names = _read_labels_csv(Path(labels_csv))
+        else:
+            names = _scan(self.root)
+            class_names = _classes_from_folders(self.root, names, labeled)
+        if not names:
+            extensions = ", ".join(sorted(READABLE_EXTENSIONS))
+            raise ValueError(f"{self.root}: no image files found (looked for {extensions})")
+
+        self.skipped: list[tuple[str, str]] = []
+        if check:
+            names, class_names, self.in_chans = self._check(names, class_names, strict)
+        else:
+            self.in_chans = read_array(self.root / names[0]).shape[0]
+
+        self.names = names
+        self.paths = [self.root / name for name in names]
+        if class_names is None:
+            self.labels, self.classes = None, None
+        else:
+            self.classes = _sorted_classes(set(class_names))
+            index = {name: k for k, name in enumerate(self.classes)}
+            self.labels = [index[name] for name in class_names]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, i: int) -> torch.Tensor:
+        """Item `i` as float32 `[in_chans, H, W]` in the file's native units."""
+        image = read_image(self.paths[i])
+        return _match_channels(image, self.in_chans, self.paths[i])
+
+    def _check(
+        self, names: list[str], class_names: list[str] | None, strict: bool
+    ) -> tuple[list[str], list[str] | None, int]:
+        """Decode every file; drop the unreadable ones. Returns kept names, classes, in_chans."""
+        results = _probe_all([self.root / name for name in names])
+
+        counts = Counter(n_chans for n_chans, _ in results if n_chans is not None)
+        in_chans = counts.most_common(1)[0][0] if counts else 0
+        problems = {}
+        for name, (n_chans, reason) in zip(names, results, strict=True):
+            if reason is not None:
+                problems[name] = reason
+            elif not _channels_compatible(n_chans, in_chans):
+                problems[name] = f"has {n_chans} channels, most images have {in_chans}"
+
+        if problems:
+            self.skipped = sorted(problems.items())
+            first, reason = self.skipped[0]
+            if strict:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise UnreadableImageError(f"{self.root / first}: {reason}{more}")
+            shown = "; ".join(f"{n} ({r})" for n, r in self.skipped[:_N_NAMED_IN_WARNING])
+            logger.warning(
+                "%s: skipped %d unreadable of %d files: %s%s",
+                self.root,
+                len(problems),
+                len(names),
+                shown,
+                " ..." if len(problems) > _N_NAMED_IN_WARNING else "",
+            )
+        keep = [k for k, name in enumerate(names) if name not in problems]
+        if not keep:
+            raise ValueError(f"{self.root}: none of the {len(names)} image files is readable")
+        kept_classes = None if class_names is None else [class_names[k] for k in keep]
+        return [names[k] for k in keep], kept_classes, in_chans
+
+
+def open_images(spec: str | Path, labeled: bool | None = None, strict: bool = False) -> ImageSet:
+    """Open the image set named on the command line.
+
+    Args:
+        spec: A folder, or "sample", "sample:train", "sample:test", "sample:all" for the
+            built-in MNIST sample ("sample" is its train split).
+        labeled: As for `FolderImages`; False also drops the sample's labels.
+        strict: As for `FolderImages`.
+
+    Returns:
+        An image set (`FolderImages` or `ArrayImages`).
+    """
+    text = str(spec)
+    if text == "sample" or text.startswith("sample:"):
+        split = text.partition(":")[2] or "train"
+        if split not in SAMPLE_SPLITS:
+            raise ValueError(f"{text}: unknown sample split; use one of {', '.join(SAMPLE_SPLITS)}")
+        images = load_sample(split)
+        if labeled is False:
+            return ArrayImages(images.array, names=images.names)
+        return images
+    return FolderImages(spec, labeled=labeled, strict=strict)
+
+
+def _probe_all(paths: list[Path]) -> list[tuple[int | None, str | None]]:
+    """`(channels, None)` or `(None, reason)` for each file, decoding in parallel when many."""
+    cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    n_workers = min(len(cores), 16)
+    if len(paths) < _MIN_FILES_FOR_PROCESSES or n_workers < 2:
+        return [_probe(path) for path in paths]
+    # Processes, not threads: decoding small files is mostly Python work that holds the GIL.
+    chunksize = max(1, min(256, len(paths) // (8 * n_workers)))
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        return list(pool.map(_probe, paths, chunksize=chunksize))
+
+
+def _probe(path: Path) -> tuple[int | None, str | None]:
+    try:
+        return read_array(path).shape[0], None
+    except UnreadableImageError as err:
+        return None, str(err).removeprefix(f"{path}: ")
+
+
+def _scan(root: Path) -> list[str]:
+    names = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        relative = Path(folder).relative_to(root)
+        for filename in filenames:
+            if not filename.startswith(".") and is_readable_name(filename):
+                names.append((relative / filename).as_posix())
+    return sorted(names)
+
+
+def _classes_from_folders(root: Path, names: list[str], labeled: bool | None) -> list[str] | None:
+    if labeled is False or not names:
+        return None
+    at_root = [name for name in names if "/" not in name]
+    if at_root:
+        if labeled:
+            raise ValueError(
+                f"{root}: labels come from class sub-folders, but {at_root[0]} "
+                f"(and {len(at_root) - 1} other files) sit directly in the folder"
+            )
+        return None
+    class_names = [name.split("/", 1)[0] for name in names]
+    if labeled is None and len(set(class_names)) < 2:
+        return None
+    return class_names
+
+
+def _read_labels_csv(csv_path: Path) -> tuple[list[str], list[str]]:
+    try:
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as err:
+        raise ValueError(f"{csv_path}: cannot read labels ({err.strerror or err})") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise ValueError(f"{csv_path}: expected a header with columns 'path,label' and rows")
+    pairs = {}
+    for line, row in enumerate(rows, start=2):
+        path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+        if not path or not label:
+            raise ValueError(f"{csv_path}: line {line} has an empty path or label")
+        pairs[Path(path).as_posix()] = label
+    names = sorted(pairs)
+    return names, [pairs[name] for name in names]
+
+
+def _sorted_classes(names: set[str]) -> list[str]:
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _channels_compatible(n_chans: int, in_chans: int) -> bool:
+    return n_chans == in_chans or {n_chans, in_chans} == {1, 3}
+
+
+def _match_channels(image: torch.Tensor, in_chans: int, path: Path) -> torch.Tensor:
+    """Grey to RGB by repetition, RGB to grey by luma; `[C, H, W]` -> `[in_chans, H, W]`."""
+    n_chans = image.shape[0]
+    if n_chans == in_chans:
+        return image
+    if n_chans == 1 and in_chans == 3:
+        return image.expand(3, -1, -1).contiguous()
+    if n_chans == 3 and in_chans == 1:
+        weights = torch.tensor(_LUMA, dtype=image.dtype).view(3, 1, 1)
+        return (image * weights).sum(dim=0, keepdim=True)
+    raise UnreadableImageError(f"{path}: has {n_chans} channels, the image set has {in_chans}")

@@ -1,0 +1,57 @@
+"""What every pretraining method provides to the training loop."""
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from sslvit.data.views import train_transform
+from sslvit.methods.registry import method_class
+
+
+class Method(nn.Module):
+    """A pretraining method: owns its encoder (and decoder, heads, teacher) and its loss.
+
+    Subclasses set `config_class` (a dataclass with a `name` field), `pool` (the feature
+    pooling recommended for evaluating the encoder), and implement `forward`.
+
+    Attributes:
+        encoder: The ViT whose weights are the product of pretraining.
+    """
+
+    name: str = ""
+    config_class: type = None
+    pool: str = "cls"
+
+    def __init__(self, config, encoder: VisionTransformer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """One batch of views to a scalar loss and a few named numbers to log.
+
+        Args:
+            images: Normalised views `[B, C, H, W]`.
+
+        Returns:
+            `(loss, logs)`; `logs` maps names to floats (the loss itself is logged by the loop).
+        """
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (or name suffixes) of parameters that take no weight decay besides 1-D ones."""
+        return {"pos_embed", "cls_token", "mask_token"}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (momentum teachers update here)."""
+
+    def views_transform(self, data_config, mean: list[float], std: list[float]):
+        """The augmentation that turns one image `[C, H, W]` into this method's input."""
+        return train_transform(
+            data_config.img_size, mean, std, scale=data_config.crop_scale, hflip=data_config.hflip
+        )
+
+
+def build_method(config, encoder: VisionTransformer) -> Method:
+    """Instantiate the method named by `config.name` around `encoder`."""
+    return method_class(config.name)(config, encoder)

@@ -1,0 +1,130 @@
+"""Encoder files: timm-keyed safetensors weights plus a JSON sidecar that says how to use them.
+
+`encoder.safetensors` holds the encoder's state dict under timm's key names; `encoder.json`
+beside it holds the model name, input geometry and the normalisation the encoder was trained
+with, so every downstream command can rebuild the encoder and feed it data the same way.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from sslvit.models.vit import MODELS, create_vit
+
+
+@dataclasses.dataclass
+class EncoderInfo:
+    """What a user of an encoder file needs besides its weights.
+
+    Attributes:
+        model: sslvit model name ("vit_tiny", ...).
+        img_size: Input (height, width) in pixels.
+        patch_size: Patch side in pixels.
+        in_chans: Input channels.
+        mean: Per-channel mean, in the reader's native units, subtracted before the encoder.
+        std: Per-channel standard deviation, divided by after the mean.
+        embed_dim: Width of the output features.
+        pool: The feature pooling the method recommends ("cls" or "mean").
+        method: The pretraining method, or "none" for random weights.
+        timm_name: The timm model to call `timm.create_model` with.
+    """
+
+    model: str
+    img_size: tuple[int, int]
+    patch_size: int
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+    embed_dim: int
+    pool: str = "cls"
+    method: str = "none"
+    timm_name: str = ""
+
+    def __post_init__(self):
+        self.img_size = tuple(int(s) for s in self.img_size)
+        if not self.timm_name:
+            self.timm_name = MODELS[self.model]
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(
+                f"normalisation has {len(self.mean)} means and {len(self.std)} stds "
+                f"for {self.in_chans} channels"
+            )
+
+    def build(self) -> VisionTransformer:
+        """A randomly initialised encoder of this geometry."""
+        return create_vit(self.model, self.img_size, self.patch_size, self.in_chans)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    """The JSON sidecar that belongs to a `.safetensors` file."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_encoder(encoder: VisionTransformer, info: EncoderInfo, path: str | Path) -> Path:
+    """Write `path` (.safetensors) and its `.json` sidecar, each atomically.
+
+    Returns:
+        The path of the weights file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encoder.state_dict().items()
+    }
+    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    text = json.dumps(dataclasses.asdict(info), indent=2) + "\n"
+    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
+    return path
+
+
+def resolve_encoder_path(path: str | Path) -> Path:
+    """Accept a run folder or a `.safetensors` file; return the weights file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no encoder here; give a run folder written by `sslvit pretrain` "
+            "or an exported .safetensors file"
+        )
+    if not sidecar_path(path).is_file():
+        raise FileNotFoundError(f"{sidecar_path(path)}: the encoder's JSON sidecar is missing")
+    return path
+
+
+def load_info(path: str | Path) -> EncoderInfo:
+    """Read the sidecar of a run folder or `.safetensors` file."""
+    weights = resolve_encoder_path(path)
+    try:
+        fields = json.loads(sidecar_path(weights).read_text())
+        return EncoderInfo(**fields)
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ValueError(f"{sidecar_path(weights)}: not a valid encoder sidecar ({err})") from err
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild an encoder from a run folder or a `.safetensors` file.
+
+    Returns:
+        `(encoder, info)`: the encoder in eval mode on `device`, and its `EncoderInfo`.
+    """
+    info = load_info(path)
+    weights = resolve_encoder_path(path)
+    encoder = info.build()
+    try:
+        state = load_file(str(weights))
+        encoder.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"{weights}: cannot load encoder weights ({err})") from err
+    return encoder.to(device).eval(), info

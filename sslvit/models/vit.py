@@ -1,0 +1,118 @@
+"""Vision Transformer encoders built from timm's definitions.
+
+An encoder is a plain `timm.models.vision_transformer.VisionTransformer` without a classifier
+(`num_classes=0`), so its weights keep timm's key names and load back into timm unchanged.
+"""
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+
+from sslvit.models.pos_embed import sincos_2d
+
+MODELS = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+    "vit_large": "vit_large_patch16_224",
+}
+POOLS = ("cls", "mean")
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def create_vit(
+    model: str,
+    img_size: int | tuple[int, int],
+    patch_size: int,
+    in_chans: int,
+    drop_path: float = 0.0,
+) -> VisionTransformer:
+    """Build a randomly initialised ViT encoder.
+
+    Args:
+        model: One of `MODELS` ("vit_tiny", "vit_small", "vit_base", "vit_large").
+        img_size: Input side in pixels, or (height, width); each divisible by `patch_size`.
+        patch_size: Side of a square patch in pixels.
+        in_chans: Input channels (1 for grey, 3 for RGB, any count for multi-band data).
+        drop_path: Stochastic depth rate (0 for pretraining).
+
+    Returns:
+        A timm VisionTransformer with `num_classes=0` whose position embedding is the fixed 2-D
+        sine-cosine table (MAE's choice; it stays trainable unless a method freezes it).
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    height, width = _pair(img_size)
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}"
+        )
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+    encoder = timm.create_model(
+        MODELS[model],
+        pretrained=False,
+        img_size=(height, width),
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=0,
+        drop_path_rate=drop_path,
+    )
+    grid_h, grid_w = patch_grid(encoder)
+    with torch.no_grad():
+        encoder.pos_embed.copy_(sincos_2d(encoder.embed_dim, grid_h, grid_w))
+    return encoder
+
+
+def patch_grid(encoder: VisionTransformer) -> tuple[int, int]:
+    """The (rows, columns) of the encoder's patch grid."""
+    return tuple(encoder.patch_embed.grid_size)
+
+
+def resize_pos_embed(encoder: VisionTransformer, img_size: int | tuple[int, int]) -> None:
+    """Change the encoder's input size in place, interpolating the position embedding.
+
+    The class-token position is kept as it is; the patch positions are resampled bicubically
+    from the old grid to the new one. Resizing to the current size changes nothing.
+    """
+    height, width = _pair(img_size)
+    patch_h, patch_w = encoder.patch_embed.patch_size
+    if height % patch_h or width % patch_w:
+        raise ValueError(f"image size {height}x{width} is not divisible by the patch size")
+    new_grid = (height // patch_h, width // patch_w)
+    old_grid = patch_grid(encoder)
+    if new_grid == old_grid:
+        return
+    table = resample_abs_pos_embed(
+        encoder.pos_embed.data,
+        new_size=list(new_grid),
+        old_size=list(old_grid),
+        num_prefix_tokens=encoder.num_prefix_tokens,
+    )
+    encoder.pos_embed = torch.nn.Parameter(table, requires_grad=encoder.pos_embed.requires_grad)
+    encoder.patch_embed.img_size = (height, width)
+    encoder.patch_embed.grid_size = new_grid
+    encoder.patch_embed.num_patches = new_grid[0] * new_grid[1]
+
+
+def pooled_features(encoder: VisionTransformer, images: torch.Tensor, pool: str) -> torch.Tensor:
+    """One feature vector per image from the encoder's final normalised tokens.
+
+    Args:
+        encoder: The ViT encoder.
+        images: Normalised images `[B, C, H, W]` at the encoder's input size.
+        pool: "cls" for the class token, "mean" for the mean of the patch tokens.
+
+    Returns:
+        Features `[B, embed_dim]`.
+    """
+    tokens = encoder.forward_features(images)  # [B, 1 + N, D]
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool == "mean":
+        return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+    raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")

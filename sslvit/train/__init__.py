@@ -1,0 +1,1 @@
+"""The training loop that every pretraining method plugs into."""

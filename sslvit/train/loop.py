@@ -1,0 +1,368 @@
+"""The pretraining loop: any registered method, one process or many under `torchrun`."""
+
+import contextlib
+import json
+import logging
+import math
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+import sslvit
+from sslvit.data import SeededViews, channel_stats, open_images
+from sslvit.methods import build_method
+from sslvit.models import EncoderInfo, create_vit, save_encoder
+from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
+from sslvit.train.config import Config
+from sslvit.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+)
+from sslvit.train.logger import RunLogger, format_duration
+from sslvit.train.optim import cosine_schedule, param_groups, set_learning_rate
+from sslvit.train.sampler import StepBatches, batches_per_epoch
+
+log = logging.getLogger("sslvit")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was left as it was."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the random numbers a method draws at `step` on `rank` (masks, crops).
+
+    Deriving them from (seed, step, rank) alone makes a resumed run draw exactly what the
+    uninterrupted run would have, and keeps processes from drawing the same masks.
+    """
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker differently; numpy and random must follow, or workers repeat
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def _git_hash() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Trainer:
+    """Runs one pretraining job from its config.
+
+    The run folder receives `config.yaml`, `env.json`, `metrics.jsonl`, `tb/`,
+    `checkpoints/last.pt` (everything needed to resume) and `encoder.safetensors` with its
+    `encoder.json` sidecar, refreshed at every checkpoint so an interrupted run still leaves a
+    usable encoder.
+    """
+
+    def __init__(self, config: Config, resume: bool = False):
+        self.config = config
+        self.device = resolve_device(config.run.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        self.precision = resolve_precision(config.run.precision, self.device)
+        self.run_dir = Path(config.run.out)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        saved = self._check_run_dir(resume)
+
+        self.images = self._open_data()
+        self.method = self._build_method()
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.method, config.optim.weight_decay, self.method.no_weight_decay()),
+            lr=0.0,
+            betas=tuple(config.optim.betas),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._plan_steps()
+        self.start_step = 0
+        if saved is not None:
+            self._restore(saved)
+        self.model = self.method
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.method, device_ids=ids)
+
+    def _check_run_dir(self, resume: bool):
+        if resume:
+            if not self.ckpt_path.is_file():
+                raise FileNotFoundError(f"{self.ckpt_path}: no checkpoint to resume from")
+            return load_checkpoint(self.ckpt_path)
+        if self.ckpt_path.exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it "
+                "or choose another --out"
+            )
+        return None
+
+    def _open_data(self):
+        data = self.config.data
+        images = open_images(data.path or "sample:train", labeled=False, strict=data.strict)
+        if data.in_chans is not None and data.in_chans != images.in_chans:
+            raise ValueError(
+                f"{data.path}: images have {images.in_chans} channels, config asks for "
+                f"{data.in_chans}"
+            )
+        data.in_chans = images.in_chans
+        if data.mean is None or data.std is None:
+            data.mean, data.std = channel_stats(images, data.stats_samples, self.config.run.seed)
+        if len(data.mean) != images.in_chans or len(data.std) != images.in_chans:
+            raise ValueError(
+                f"data.mean/std have {len(data.mean)}/{len(data.std)} values for "
+                f"{images.in_chans} channels"
+            )
+        return images
+
+    def _build_method(self):
+        cfg = self.config
+        torch.manual_seed(cfg.run.seed)
+        encoder = create_vit(
+            cfg.model.name,
+            cfg.data.img_size,
+            cfg.model.patch_size,
+            cfg.data.in_chans,
+            cfg.model.drop_path,
+        )
+        return build_method(cfg.method, encoder).to(self.device)
+
+    def _plan_steps(self) -> None:
+        optim = self.config.optim
+        world = self.dist.world_size
+        micro_per_epoch = batches_per_epoch(len(self.images), optim.batch_size, world)
+        self.steps_per_epoch = micro_per_epoch // optim.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(self.images)} images make no full step of batch {optim.batch_size} x "
+                f"accumulation {optim.accum_steps} x {world} process(es); lower --batch-size"
+            )
+        self.total_steps = optim.epochs * self.steps_per_epoch
+        self.effective_batch = optim.batch_size * optim.accum_steps * world
+        self.peak_lr = optim.base_lr * self.effective_batch / 256
+        self.warmup_steps = round(optim.warmup_epochs * self.steps_per_epoch)
+        if self.warmup_steps > self.total_steps // 2:
+            log.warning(
+                "warm-up of %s epochs is over half of the %s-epoch run; using %d steps",
+                optim.warmup_epochs,
+                optim.epochs,
+                self.total_steps // 2,
+            )
+            self.warmup_steps = self.total_steps // 2
+
+    def _restore(self, saved: dict) -> None:
+        self.method.load_state_dict(saved["method"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
+        self.start_step = int(saved["step"])
+        log.info("resuming %s at step %d", self.run_dir, self.start_step)
+
+    def _loader(self) -> DataLoader:
+        cfg = self.config
+        views = SeededViews(
+            self.images,
+            self.method.views_transform(cfg.data, cfg.data.mean, cfg.data.std),
+            cfg.run.seed,
+        )
+        sampler = StepBatches(
+            len(self.images),
+            cfg.optim.batch_size,
+            self.total_steps * cfg.optim.accum_steps,
+            cfg.run.seed,
+            self.dist.rank,
+            self.dist.world_size,
+            start_micro=self.start_step * cfg.optim.accum_steps,
+        )
+        workers = cfg.data.workers
+        return DataLoader(
+            views,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_seed_worker,
+            # a generator of its own keeps the loader from drawing on the global RNG
+            generator=torch.Generator().manual_seed(cfg.run.seed),
+        )
+
+    def encoder_info(self) -> EncoderInfo:
+        cfg = self.config
+        return EncoderInfo(
+            model=cfg.model.name,
+            img_size=(cfg.data.img_size, cfg.data.img_size),
+            patch_size=cfg.model.patch_size,
+            in_chans=cfg.data.in_chans,
+            mean=list(cfg.data.mean),
+            std=list(cfg.data.std),
+            embed_dim=self.method.encoder.embed_dim,
+            pool=self.method.pool,
+            method=cfg.method.name,
+        )
+
+    def _write_run_files(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.yaml")
+        env = {
+            "sslvit": sslvit.__version__,
+            "git": _git_hash(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(self.device),
+            "precision": self.precision,
+            "world_size": self.dist.world_size,
+            "n_images": len(self.images),
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "effective_batch": self.effective_batch,
+            "peak_lr": self.peak_lr,
+        }
+        (self.run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+
+    def save(self, step: int) -> None:
+        """Checkpoint after `step` optimiser steps, then refresh the encoder file."""
+        if not self.dist.is_main:
+            return
+        state = {
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "config": self.config.to_dict(),
+        }
+        save_checkpoint(state, self.ckpt_path)
+        save_encoder(self.method.encoder, self.encoder_info(), self.run_dir / "encoder.safetensors")
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def _check_finite(self, loss: torch.Tensor, logs: dict, step: int) -> None:
+        if torch.isfinite(loss):
+            return
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        term = f" (non-finite terms: {', '.join(bad)})" if bad else ""
+        kept = self.ckpt_path if self.ckpt_path.exists() else "none written yet"
+        raise NonFiniteLossError(
+            f"step {step + 1}: the loss is {loss.item()}{term} in {self.precision}; "
+            f"the last good checkpoint ({kept}) is unchanged. Resume with --resume, for "
+            "example with --set run.precision=fp32 or a lower optim.base_lr"
+        )
+
+    def train(self) -> Path:
+        """Run to the end (or to `run.stop_at_step`) and return the run folder."""
+        cfg = self.config
+        accum = cfg.optim.accum_steps
+        self._write_run_files()
+        logger = RunLogger(self.run_dir, self.total_steps, self.start_step, self.dist.is_main)
+        logger.truncate_after(self.start_step)
+        log.info(
+            "%s on %d images | %s, %d channels, %d px, patch %d | %d steps of %d images | "
+            "%s, %s, %d process(es)",
+            cfg.method.name,
+            len(self.images),
+            cfg.model.name,
+            cfg.data.in_chans,
+            cfg.data.img_size,
+            cfg.model.patch_size,
+            self.total_steps,
+            self.effective_batch,
+            self.device,
+            self.precision,
+            self.dist.world_size,
+        )
+        stop = cfg.run.stop_at_step or self.total_steps
+        step, epoch_losses, step_loss, step_logs = self.start_step, [], 0.0, {}
+        self.model.train()
+        for micro, (views, _, _) in enumerate(self._loader()):
+            step = self.start_step + micro // accum
+            first, last = micro % accum == 0, micro % accum == accum - 1
+            if first:
+                torch.manual_seed(step_seed(cfg.run.seed, step, self.dist.rank))
+                set_learning_rate(self.optimizer, self._lr(step))
+                step_loss, step_logs = 0.0, {}
+            views = views.to(self.device, non_blocking=True)
+            no_sync = self.dist.world_size > 1 and not last
+            with self.model.no_sync() if no_sync else contextlib.nullcontext():
+                with self._autocast():
+                    loss, logs = self.model(views)
+                self._check_finite(loss, logs, step)
+                self.scaler.scale(loss / accum).backward()
+            step_loss += loss.item() / accum
+            for key, value in logs.items():
+                step_logs[key] = step_logs.get(key, 0.0) + value / accum
+            if not last:
+                continue
+            self._optimizer_step()
+            self.method.after_step(step, self.total_steps)
+            epoch_losses.append(step_loss)
+            log_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == stop
+            if log_now:
+                step_loss = all_reduce_mean(step_loss, self.device)
+            values = {"epoch": step // self.steps_per_epoch, "loss": step_loss, **step_logs}
+            values["lr"] = self.optimizer.param_groups[0]["lr"]
+            logger.step(step, self.effective_batch, log_now, values)
+            end_of_epoch = (step + 1) % self.steps_per_epoch == 0
+            if end_of_epoch:
+                mean_loss = all_reduce_mean(float(np.mean(epoch_losses)), self.device)
+                logger.record(
+                    {
+                        "kind": "epoch",
+                        "step": step + 1,
+                        "epoch": step // self.steps_per_epoch,
+                        "loss": mean_loss,
+                    }
+                )
+                epoch_losses = []
+            every = cfg.run.checkpoint_every
+            if end_of_epoch or (every and (step + 1) % every == 0) or step + 1 >= stop:
+                self.save(step + 1)
+            if step + 1 >= stop:
+                break
+        logger.close()
+        elapsed = time.perf_counter() - logger.run_start
+        log.info("done: %s (%s)", self.run_dir, format_duration(elapsed))
+        return self.run_dir
+
+    def _lr(self, step: int) -> float:
+        optim = self.config.optim
+        return cosine_schedule(
+            step, self.total_steps, self.warmup_steps, self.peak_lr, optim.min_lr
+        )
+
+    def _optimizer_step(self) -> None:
+        clip = self.config.optim.clip_grad
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def pretrain(config: Config, resume: bool = False) -> Path:
+    """Pretrain an encoder as `config` says; returns the run folder."""
+    return Trainer(config, resume=resume).train()

@@ -1,0 +1,117 @@
+"""Pictures of what an encoder learned."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from sslvit.data import eval_transform, open_images  # noqa: E402
+from sslvit.methods import build_method  # noqa: E402
+from sslvit.models import create_vit  # noqa: E402
+from sslvit.train.checkpoint import load_checkpoint  # noqa: E402
+from sslvit.train.config import load_config  # noqa: E402
+
+
+def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a run's whole method (encoder, decoder, heads) from `checkpoints/last.pt`.
+
+    Returns:
+        `(method, config)` with the method in eval mode.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    encoder = create_vit(
+        config.model.name, config.data.img_size, config.model.patch_size, config.data.in_chans
+    )
+    method = build_method(config.method, encoder)
+    method.load_state_dict(state["method"])
+    return method.to(device).eval(), config
+
+
+def _display(images: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Images `[B, C, H, W]` in native units to `[B, H, W, 3 or 1]` in [0, 1] for plotting."""
+    if images.shape[1] not in (1, 3):
+        images = images[:, :3] if images.shape[1] > 3 else images[:, :1]
+        low, high = low[:, : images.shape[1]], high[:, : images.shape[1]]
+    scaled = ((images - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+    return scaled.permute(0, 2, 3, 1)
+
+
+def recon_figure(
+    run_dir: str | Path,
+    out: str | Path,
+    data: str | None = None,
+    n_images: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Save originals, masked inputs and MAE reconstructions side by side.
+
+    Each row is one image: the original, the visible patches (hidden ones grey), the
+    reconstruction, and the reconstruction with the visible patches pasted back. Pixels are
+    un-normalised to the data's units and stretched by each original's own range, so all four
+    panels share one scale; grey images stay grey.
+
+    Args:
+        run_dir: A run folder of an MAE run.
+        out: PNG path to write.
+        data: Images to show; None for the run's own data.
+        n_images: Rows of the figure, drawn evenly across the data.
+        seed: Seed of the masks.
+    """
+    method, config = load_method(run_dir, device)
+    if not hasattr(method, "reconstruct"):
+        raise ValueError(f"{run_dir}: method {config.method.name!r} does not reconstruct pixels")
+    images = open_images(data or config.data.path or "sample:test", labeled=False)
+    if images.in_chans != config.data.in_chans:
+        raise ValueError(
+            f"{data}: images have {images.in_chans} channels, the run was trained on "
+            f"{config.data.in_chans}"
+        )
+    transform = eval_transform(config.data.img_size, config.data.mean, config.data.std)
+    picks = torch.linspace(0, len(images) - 1, min(n_images, len(images))).round().long()
+    batch = torch.stack([transform(images.read(int(i))) for i in picks]).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    recon, hidden = method.reconstruct(batch, generator=generator)
+
+    mean = torch.tensor(config.data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config.data.std, device=device).view(1, -1, 1, 1)
+    original = batch * std + mean
+    recon = recon * std + mean
+    low = original.amin(dim=(2, 3), keepdim=True)
+    high = original.amax(dim=(2, 3), keepdim=True)
+    grey = ((low + high) / 2).expand_as(original)
+    panels = {
+        "original": original,
+        f"masked {config.method.mask_ratio:.0%}": original * (1 - hidden) + grey * hidden,
+        "reconstruction": recon,
+        "reconstruction + visible": original * (1 - hidden) + recon * hidden,
+    }
+    shown = {title: _display(p.float().cpu(), low.cpu(), high.cpu()) for title, p in panels.items()}
+
+    rows, cols = len(picks), len(panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
+    for r in range(rows):
+        for c, (title, pictures) in enumerate(shown.items()):
+            ax = axes[r][c]
+            picture = pictures[r].numpy()
+            if picture.shape[-1] == 1:
+                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(picture)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
