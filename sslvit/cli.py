@@ -157,7 +157,7 @@ def _add_pretrain(sub) -> None:
         "--img-size", type=int, help="input side in pixels (default 224; 28 on the sample)"
     )
     p.add_argument("--patch-size", type=int, help="patch side in pixels; must divide --img-size")
-    p.add_argument("--epochs", type=int, help="passes over the data (default 100)")
+    p.add_argument("--epochs", type=float, help="passes over the data, may be fractional (100)")
     p.add_argument("--batch-size", type=int, help="images per step per process (default 128)")
     p.add_argument(
         "--base-lr", type=float, help="learning rate per 256 images of effective batch (1.5e-4)"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from sslvit.data import open_images
-from sslvit.evaluate.classify import evaluate_encoder, evaluate_pixels
+from sslvit.data import eval_transform, open_images
+from sslvit.evaluate.classify import evaluate_features
+from sslvit.evaluate.features import extract_features, pixel_features
 from sslvit.evaluate.report import format_table, save_result
 from sslvit.export import export_encoder
 from sslvit.methods import build_method
@@ -81,23 +82,25 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     }
     train = open_images("sample:train", labeled=True)
     test = open_images("sample:test", labeled=True)
+    transform = eval_transform(config.data.img_size, info.mean, info.std)
+    features = {
+        "pixels": lambda images: pixel_features(images, config.data.img_size, info.mean, info.std)
+    }
+    for name, (encoder, pool) in encoders.items():
+        features[name] = lambda images, e=encoder, p=pool: extract_features(
+            e, images, transform, p, device=trainer.device
+        )[0]
+    train_labels = torch.as_tensor(train.labels)
+    test_labels = torch.as_tensor(test.labels)
     rows, results = [], {}
-    for kind in ("knn", "linear"):
-        res = evaluate_pixels(kind, train, test, config.data.img_size, info.mean, info.std)
-        results[f"pixels/{kind}"] = res["top1"]
-        for name, (encoder, pool) in encoders.items():
-            res = evaluate_encoder(
-                kind, encoder, info, train, test, device=trainer.device, pool=pool
-            )
-            results[f"{name}/{kind}"] = res["top1"]
-    for name in ("pixels", *encoders):
-        rows.append(
-            {
-                "features": name,
-                "kNN top-1": results[f"{name}/knn"],
-                "linear top-1": results[f"{name}/linear"],
-            }
-        )
+    for name, featurize in features.items():
+        # features once per set, shared by both protocols
+        train_feats, test_feats = featurize(train), featurize(test)
+        row = {"features": name}
+        for kind, column in (("knn", "kNN top-1"), ("linear", "linear top-1")):
+            scores = evaluate_features(kind, train_feats, train_labels, test_feats, test_labels, 10)
+            results[f"{name}/{kind}"] = row[column] = scores["top1"]
+        rows.append(row)
     margins = {
         kind: results[f"MAE encoder/{kind}"] - results[f"random-weight ViT/{kind}"]
         for kind in ("knn", "linear")

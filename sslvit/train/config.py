@@ -54,7 +54,7 @@ class OptimConfig:
     `batch_size * accum_steps * world_size` (the linear scaling rule used by MAE and DINO).
     """
 
-    epochs: int = 100
+    epochs: float = 100.0
     batch_size: int = 128
     accum_steps: int = 1
     base_lr: float = 1.5e-4

@@ -157,7 +157,7 @@ class Trainer:
                 f"{len(self.images)} images make no full step of batch {optim.batch_size} x "
                 f"accumulation {optim.accum_steps} x {world} process(es); lower --batch-size"
             )
-        self.total_steps = optim.epochs * self.steps_per_epoch
+        self.total_steps = max(1, round(optim.epochs * self.steps_per_epoch))
         self.effective_batch = optim.batch_size * optim.accum_steps * world
         self.peak_lr = optim.base_lr * self.effective_batch / 256
         self.warmup_steps = round(optim.warmup_epochs * self.steps_per_epoch)

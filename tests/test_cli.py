@@ -1,0 +1,104 @@
+"""Each command end to end on a tiny folder of real digits, and the errors users will meet."""
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from sslvit.cli import main
+
+TINY = [
+    "--model", "vit_tiny", "--img-size", "16", "--patch-size", "4", "--epochs", "1",
+    "--batch-size", "20", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+    "--set", "method.decoder_embed_dim=32", "--set", "method.decoder_depth=1",
+    "--set", "optim.warmup_epochs=0.5",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(digits_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["pretrain", "--data", str(digits_folder), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_pretrain_writes_the_run_folder(run_dir):
+    for name in ("config.yaml", "metrics.jsonl", "encoder.safetensors", "figures/recon.png"):
+        assert (run_dir / name).is_file(), name
+
+
+@pytest.mark.parametrize("kind", ["knn", "linear"])
+def test_eval_prints_table_then_json(run_dir, digits_folder, capsys, kind):
+    args = ["eval", kind, "--encoder", str(run_dir), "--data", str(digits_folder)]
+    assert main([*args, "--split", "0.25", "--labels", "50%", "--device", "cpu"]) == 0
+    result = last_json(capsys)
+    assert result["kind"] == kind and result["n_test"] == 30 and result["n_train"] == 50
+    assert 0.0 <= result["top1"] <= 100.0
+    assert json.loads((run_dir / "eval" / f"{kind}.json").read_text())["top1"] == result["top1"]
+
+
+def test_show_recon(run_dir, digits_folder, tmp_path):
+    out = tmp_path / "recon.png"
+    assert main(["show", "recon", "--encoder", str(run_dir), "--data", str(digits_folder),
+                 "--out", str(out), "--n", "3"]) == 0  # fmt: skip
+    assert out.stat().st_size > 1000
+
+
+def test_export_loads_into_timm_strictly(run_dir, tmp_path):
+    out = tmp_path / "enc.safetensors"
+    assert main(["export", "--encoder", str(run_dir), "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    model = timm.create_model(
+        info["timm_name"], img_size=info["img_size"], patch_size=info["patch_size"],
+        in_chans=info["in_chans"], num_classes=0,
+    )  # fmt: skip
+    model.load_state_dict(load_file(str(out)), strict=True)
+    assert model(torch.zeros(1, 1, 16, 16)).shape == (1, 192)
+
+
+def test_resume_of_a_finished_run_changes_nothing(run_dir):
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    assert main(["pretrain", "--out", str(run_dir), "--resume", "--set", "run.device=cpu"]) == 0
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pretrain", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["pretrain", "--set", "optim.nonsense=1"], "nonsense"),
+        (["pretrain", "--set", "optim.base_lr=fast"], "optim.base_lr"),
+        (["pretrain", "--img-size", "30", "--patch-size", "4"], "not divisible"),
+        (["pretrain", "--config", "no_such_recipe"], "no_such_recipe"),
+        (["eval", "knn", "--encoder", "/no/such/run"], "/no/such/run"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
+    code = main([*args, "--out", str(tmp_path / "x")] if args[0] == "pretrain" else args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_empty_folder_and_bad_files(tmp_path, capsys, caplog, digits_folder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", "--data", str(empty), "--out", str(tmp_path / "a"), *TINY]) == 2
+    assert "no image" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for png in sorted(digits_folder.rglob("*.png"))[:40]:
+        (bad / f"{png.parent.name}_{png.name}").write_bytes(png.read_bytes())
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "cut.png").write_bytes((bad / "0_000.png").read_bytes()[:60])
+    args = ["pretrain", "--data", str(bad), *TINY]
+    assert main([*args, "--out", str(tmp_path / "b"), "--strict"]) == 2
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("skipped 2 unreadable" in w for w in warnings), warnings

@@ -1,0 +1,135 @@
+"""The training loop: loss falls on real data, exact resume, atomic checkpoints, bad losses."""
+
+import json
+
+import pytest
+import torch
+
+from sslvit.train.checkpoint import load_checkpoint
+from sslvit.train.config import Config
+from sslvit.train.loop import NonFiniteLossError, Trainer, pretrain
+
+
+def tiny_config(data, out, **run) -> Config:
+    config = Config()
+    config.data.path = str(data)
+    config.data.img_size = 16
+    config.data.workers = 0
+    config.model.patch_size = 4
+    config.method.decoder_embed_dim = 32
+    config.method.decoder_depth = 1
+    config.optim.epochs = 2
+    config.optim.batch_size = 20
+    config.optim.warmup_epochs = 1
+    config.optim.base_lr = 1e-3
+    config.run.out = str(out)
+    config.run.device = "cpu"
+    config.run.precision = "fp32"
+    config.run.log_every = 1
+    for key, value in run.items():
+        setattr(config.run, key, value)
+    return config
+
+
+def step_losses(run_dir) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_resume_equals_uninterrupted_run(digits_folder, tmp_path):
+    whole = tmp_path / "whole"
+    pretrain(tiny_config(digits_folder, whole))
+    parted = tmp_path / "parted"
+    # stop mid-epoch (6 steps per epoch), then resume with data-loader workers this time
+    pretrain(tiny_config(digits_folder, parted, stop_at_step=4))
+    assert load_checkpoint(parted / "checkpoints" / "last.pt")["step"] == 4
+    resumed = tiny_config(digits_folder, parted)
+    resumed.data.workers = 2
+    Trainer(resumed, resume=True).train()
+
+    expected, got = step_losses(whole), step_losses(parted)
+    assert sorted(got) == sorted(expected) == list(range(1, 13))
+    for step in range(5, 13):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")["method"]
+    b = load_checkpoint(parted / "checkpoints" / "last.pt")["method"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_run_folder_contents(digits_folder, tmp_path):
+    run = pretrain(tiny_config(digits_folder, tmp_path / "r"))
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "encoder.safetensors", "encoder.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").iterdir())
+    info = json.loads((run / "encoder.json").read_text())
+    assert info["in_chans"] == 1 and info["img_size"] == [16, 16] and len(info["mean"]) == 1
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [0, 1]
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(tiny_config(digits_folder, run))
+
+
+def test_crash_while_saving_keeps_the_good_checkpoint(digits_folder, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    pretrain(tiny_config(digits_folder, out, stop_at_step=2))
+    ckpt = out / "checkpoints" / "last.pt"
+    good = ckpt.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    trainer = Trainer(tiny_config(digits_folder, out, stop_at_step=3), resume=True)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.train()
+    assert ckpt.read_bytes() == good
+    assert load_checkpoint(ckpt)["step"] == 2
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits_folder, tmp_path):
+    out = tmp_path / "r"
+    trainer = Trainer(tiny_config(digits_folder, out, checkpoint_every=1))
+    real_forward = trainer.method.forward
+    calls = {"n": 0}
+
+    def forward(images):
+        calls["n"] += 1
+        loss, logs = real_forward(images)
+        return (loss * float("nan"), logs) if calls["n"] == 3 else (loss, logs)
+
+    trainer.method.forward = forward
+    with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan"):
+        trainer.train()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("accum", [2])
+def test_gradient_accumulation_matches_large_batch(digits_folder, tmp_path, accum):
+    big = tiny_config(digits_folder, tmp_path / "big", stop_at_step=3)
+    small = tiny_config(digits_folder, tmp_path / "small", stop_at_step=3)
+    small.optim.batch_size = big.optim.batch_size // accum
+    small.optim.accum_steps = accum
+    pretrain(big)
+    pretrain(small)
+    a, b = step_losses(tmp_path / "big"), step_losses(tmp_path / "small")
+    for step in (1, 2, 3):
+        assert a[step] == pytest.approx(b[step], abs=1e-5)
+
+
+def test_loss_falls_on_real_digits(tmp_path):
+    config = tiny_config("sample", tmp_path / "r")
+    config.data.img_size = 28
+    config.method.decoder_embed_dim = 64
+    config.optim.epochs = 1
+    config.optim.batch_size = 64
+    config.optim.warmup_epochs = 0.1
+    config.optim.base_lr = 1.5e-3
+    config.run.stop_at_step = 40
+    run = pretrain(config)
+    losses = step_losses(run)
+    first = sum(losses[s] for s in range(1, 6)) / 5
+    last = sum(losses[s] for s in range(36, 41)) / 5
+    assert last < 0.7 * first, (first, last)
