@@ -35,8 +35,8 @@ format: $(STAMP)
 	$(BIN)/ruff format sslvit tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/quality.py
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf runs .pytest_cache

@@ -48,7 +48,7 @@ def mae_step_bench(device, precision: str, batch_size: int, steps: int) -> dict:
     torch.manual_seed(0)
     config = MAEConfig(decoder_embed_dim=96, decoder_depth=2)
     method = build_method(config, create_vit("vit_tiny", 32, 4, 3)).to(device)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad])
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], fused=True)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     autocast = (
         torch.autocast(device.type, dtype=DTYPES[precision])

@@ -69,14 +69,18 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from sslvit.data import UnreadableImageError
     from sslvit.train.loop import Trainer
     from sslvit.viz import recon_figure
 
     trainer = Trainer(build_config(args), resume=args.resume)
     run_dir = trainer.train()
     if trainer.dist.is_main and hasattr(trainer.method, "reconstruct"):
-        figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", device=trainer.device)
-        log.info("reconstructions: %s", figure)
+        try:
+            figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", device=trainer.device)
+            log.info("reconstructions: %s", figure)
+        except UnreadableImageError as err:
+            log.warning("no reconstruction picture: %s", err)
 
 
 def _eval_sets(args: argparse.Namespace, in_chans_hint=None):

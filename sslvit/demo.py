@@ -25,7 +25,7 @@ from sslvit.train.loop import Trainer
 from sslvit.viz import recon_figure
 
 log = logging.getLogger("sslvit")
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 6
 
 
 def demo_config(out: str, epochs: int, device: str) -> Config:

@@ -68,7 +68,7 @@ def recon_figure(
     method, config = load_method(run_dir, device)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"{run_dir}: method {config.method.name!r} does not reconstruct pixels")
-    images = open_images(data or config.data.path or "sample:test", labeled=False)
+    images = open_images(data or config.data.path or "sample:test", labeled=False, check=False)
     if images.in_chans != config.data.in_chans:
         raise ValueError(
             f"{data}: images have {images.in_chans} channels, the run was trained on "

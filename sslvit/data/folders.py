@@ -151,7 +151,9 @@ class FolderImages:
         return [names[k] for k in keep], kept_classes, in_chans
 
 
-def open_images(spec: str | Path, labeled: bool | None = None, strict: bool = False) -> ImageSet:
+def open_images(
+    spec: str | Path, labeled: bool | None = None, strict: bool = False, check: bool = True
+) -> ImageSet:
     """Open the image set named on the command line.
 
     Args:
@@ -159,6 +161,8 @@ def open_images(spec: str | Path, labeled: bool | None = None, strict: bool = Fa
             built-in MNIST sample ("sample" is its train split).
         labeled: As for `FolderImages`; False also drops the sample's labels.
         strict: As for `FolderImages`.
+        check: As for `FolderImages`; False skips decoding every file up front (for a few
+            pictures of a folder that was already checked).
 
     Returns:
         An image set (`FolderImages` or `ArrayImages`).
@@ -172,7 +176,7 @@ def open_images(spec: str | Path, labeled: bool | None = None, strict: bool = Fa
         if labeled is False:
             return ArrayImages(images.array, names=images.names)
         return images
-    return FolderImages(spec, labeled=labeled, strict=strict)
+    return FolderImages(spec, labeled=labeled, strict=strict, check=check)
 
 
 def _probe_all(paths: list[Path]) -> list[tuple[int | None, str | None]]:

@@ -31,7 +31,8 @@ class Method(nn.Module):
         """One batch of views to a scalar loss and a few named numbers to log.
 
         Args:
-            images: Normalised views `[B, C, H, W]`.
+            images: Normalised views `[B, C, H, W]`, or a list of such batches for methods
+                whose `views_transform` returns several views per image.
 
         Returns:
             `(loss, logs)`; `logs` maps names to floats (the loss itself is logged by the loop).

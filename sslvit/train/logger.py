@@ -43,7 +43,9 @@ class RunLogger:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", leave=False)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, unit="step", leave=False, file=sys.stderr
+            )
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` left by an interrupted run that is now resumed."""
@@ -88,7 +90,7 @@ class RunLogger:
             f"loss {values['loss']:.4f} | lr {values['lr']:.3e} | {images_per_s:.0f} img/s{extra}"
         )
         if self.bar is not None:
-            self.bar.write(line)
+            self.bar.write(line, file=sys.stderr)
         else:
             log.info(line)
         self.record(values)

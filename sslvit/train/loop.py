@@ -49,6 +49,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
 
+def _to_device(views, device: torch.device):
+    """A batch of views (one tensor, or a list of tensors for multi-view methods) on `device`."""
+    if isinstance(views, (list, tuple)):
+        return [v.to(device, non_blocking=True) for v in views]
+    return views.to(device, non_blocking=True)
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker differently; numpy and random must follow, or workers repeat
     worker_seed = torch.initial_seed() % 2**32
@@ -94,6 +101,9 @@ class Trainer:
             param_groups(self.method, config.optim.weight_decay, self.method.no_weight_decay()),
             lr=0.0,
             betas=tuple(config.optim.betas),
+            # one fused kernel instead of a loop over ~150 tensors: the loop cost a third of a
+            # ViT-Tiny step on the CPU
+            fused=True,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self._plan_steps()
@@ -304,7 +314,7 @@ class Trainer:
                 torch.manual_seed(step_seed(cfg.run.seed, step, self.dist.rank))
                 set_learning_rate(self.optimizer, self._lr(step))
                 step_loss, step_logs = 0.0, {}
-            views = views.to(self.device, non_blocking=True)
+            views = _to_device(views, self.device)
             no_sync = self.dist.world_size > 1 and not last
             with self.model.no_sync() if no_sync else contextlib.nullcontext():
                 with self._autocast():

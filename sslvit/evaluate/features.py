@@ -1,0 +1,99 @@
+"""Frozen features of an image set: from an encoder, or the raw pixels as a baseline."""
+
+from collections.abc import Callable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import DataLoader, Dataset
+
+from sslvit.data.views import eval_transform
+from sslvit.models.vit import pooled_features
+
+
+class _Transformed(Dataset):
+    """An image set read item by item through a transform, in the set's order."""
+
+    def __init__(self, images, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.images.read(i))
+
+
+def _labels(images) -> torch.Tensor | None:
+    labels = getattr(images, "labels", None)
+    return None if labels is None else torch.as_tensor(list(labels), dtype=torch.int64)
+
+
+def _loader(images, transform, batch_size: int, workers: int) -> DataLoader:
+    if len(images) == 0:
+        raise ValueError("cannot extract features of an empty image set")
+    return DataLoader(
+        _Transformed(images, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+    )
+
+
+def extract_features(
+    encoder: VisionTransformer,
+    images,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    pool: str,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled encoder features of every image, in the order of `images`.
+
+    The encoder runs in eval mode without gradients and is moved to `device`; its training
+    mode is restored afterwards.
+
+    Args:
+        encoder: The ViT encoder.
+        images: An image set (`len`, `read(i) -> [C, H, W]`, `labels`).
+        transform: Maps one image `[C, H, W]` to the encoder's input `[in_chans, H', W']`,
+            normally `eval_transform(...)` with the encoder's normalisation.
+        pool: "cls" or "mean" (see `pooled_features`).
+        batch_size: Images per forward pass.
+        device: Where the encoder runs.
+        workers: DataLoader worker processes reading and transforming images.
+
+    Returns:
+        `(features, labels)`: float32 `[N, embed_dim]` on the CPU, and int64 `[N]` or None when
+        the set has no labels.
+    """
+    was_training = encoder.training
+    encoder.to(device).eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for batch in _loader(images, transform, batch_size, workers):
+                feats = pooled_features(encoder, batch.to(device, non_blocking=True), pool)
+                chunks.append(feats.float().cpu())
+    finally:
+        encoder.train(was_training)
+    return torch.cat(chunks), _labels(images)
+
+
+def pixel_features(
+    images, img_size: int | tuple[int, int], mean: list[float], std: list[float]
+) -> torch.Tensor:
+    """The raw-pixel baseline: each image through the eval transform, flattened.
+
+    Args:
+        images: An image set.
+        img_size: Side the images are resized and centre-cropped to.
+        mean: Per-channel mean, in the images' native units.
+        std: Per-channel standard deviation.
+
+    Returns:
+        Float32 features `[N, C * H * W]` on the CPU.
+    """
+    loader = _loader(images, eval_transform(img_size, mean, std), batch_size=256, workers=0)
+    return torch.cat([batch.flatten(1).float() for batch in loader])

@@ -1,0 +1,79 @@
+"""Evaluation results as a plain-text table and as JSON files in a run's folder."""
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows: list[dict], columns: Sequence[str]) -> str:
+    """An aligned plain-text table, one line per row, with a header and a rule.
+
+    Args:
+        rows: One dict per line; a missing or None value shows as "-".
+        columns: The keys to show, in order; each is also its column's header.
+
+    Returns:
+        The table without a trailing newline. Numbers are right-aligned (floats with two
+        decimals), everything else left-aligned.
+    """
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(line[j]) for line in cells]) for j, col in enumerate(columns)]
+    numeric = [
+        bool(rows)
+        and all(
+            isinstance(row.get(col), int | float) and not isinstance(row.get(col), bool)
+            for row in rows
+            if row.get(col) is not None
+        )
+        for col in columns
+    ]
+
+    def render(values: list[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [render(list(columns)), "  ".join("-" * w for w in widths)]
+    lines += [render(line) for line in cells]
+    return "\n".join(lines)
+
+
+def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
+    """Write `result` to `run_dir/eval/NAME.json`, atomically.
+
+    The JSON goes to a `.tmp` file first and replaces the target in one step, so a reader never
+    sees a half-written result.
+
+    Args:
+        run_dir: The run's folder.
+        name: The result's name, e.g. "knn" or "linear-10pct"; letters, digits, ".", "_", "-".
+        result: A JSON-serialisable dict.
+
+    Returns:
+        The path written.
+    """
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"result name {name!r} must be letters, digits, '.', '_' or '-'")
+    out_dir = Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
