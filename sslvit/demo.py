@@ -29,14 +29,16 @@ DEMO_EPOCHS = 6
 
 
 def demo_config(out: str, epochs: int, device: str) -> Config:
-    """ViT-Tiny at 28 px with 4 px patches, MAE with the paper's optimiser, a 1-epoch warm-up."""
+    """ViT-Tiny at 28 px with 4 px patches; MAE with the paper's AdamW settings, except a
+    higher base learning rate (1e-3: measured on this sample to train faster than the paper's
+    1.5e-4, whose large-batch schedule a 6-epoch run never reaches) and a 1-epoch warm-up."""
     config = Config()
     config.data.img_size = 28
     config.data.workers = 1
     config.model.patch_size = 4
     config.optim.epochs = epochs
     config.optim.batch_size = 128
-    config.optim.base_lr = 1.5e-4
+    config.optim.base_lr = 1.0e-3
     config.optim.warmup_epochs = 1
     config.run.out = out
     config.run.device = device
@@ -77,7 +79,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
         create_vit(config.model.name, config.data.img_size, config.model.patch_size, 1),
     )
     encoders = {
-        "random-weight ViT": (start.encoder.to(trainer.device).eval(), "cls"),
+        "random-weight ViT": (start.encoder.to(trainer.device).eval(), info.pool),
         "MAE encoder": (trainer.method.encoder.eval(), info.pool),
     }
     train = open_images("sample:train", labeled=True)
@@ -99,10 +101,10 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
         row = {"features": name}
         for kind, column in (("knn", "kNN top-1"), ("linear", "linear top-1")):
             scores = evaluate_features(kind, train_feats, train_labels, test_feats, test_labels, 10)
-            results[f"{name}/{kind}"] = row[column] = scores["top1"]
+            results[f"{name}/{kind}"] = row[column] = round(scores["top1"], 2)
         rows.append(row)
     margins = {
-        kind: results[f"MAE encoder/{kind}"] - results[f"random-weight ViT/{kind}"]
+        kind: round(results[f"MAE encoder/{kind}"] - results[f"random-weight ViT/{kind}"], 2)
         for kind in ("knn", "linear")
     }
 
