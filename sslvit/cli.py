@@ -166,12 +166,18 @@ def _add_pretrain(sub) -> None:
     p.add_argument(
         "--base-lr", type=float, help="learning rate per 256 images of effective batch (1.5e-4)"
     )
-    p.add_argument("--workers", type=int, help="data-loading processes per training process")
+    p.add_argument(
+        "--workers", type=int, help="data-loading processes per training process (default 2)"
+    )
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
     p.add_argument("--out", help="run folder (default runs/mae)")
     p.add_argument("--seed", type=int, help="seed of weights, data order, crops and masks")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
+    )
     p.add_argument("--config", help="recipe: a YAML file or a built-in name (mae, mae_tiny32)")
     p.add_argument(
         "--set",
@@ -196,7 +202,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--labels", help="labels used for training: '10%%' or a count per class")
     p.add_argument("--pool", choices=["cls", "mean"], help="feature pooling (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the probe")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
     p.set_defaults(func=cmd_eval)
 
@@ -219,8 +225,8 @@ def _add_others(sub) -> None:
 
     p = sub.add_parser("demo", help="MAE on the built-in sample, then kNN and linear probes")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=float, default=None, help="pretraining epochs (default 4)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.set_defaults(func=cmd_demo)
 
 

@@ -25,7 +25,7 @@ from sslvit.train.loop import Trainer
 from sslvit.viz import recon_figure
 
 log = logging.getLogger("sslvit")
-DEMO_EPOCHS = 6
+DEMO_EPOCHS = 4
 
 
 def demo_config(out: str, epochs: int, device: str) -> Config:
@@ -34,6 +34,7 @@ def demo_config(out: str, epochs: int, device: str) -> Config:
     1.5e-4, whose large-batch schedule a 6-epoch run never reaches) and a 1-epoch warm-up."""
     config = Config()
     config.data.img_size = 28
+    config.data.hflip = False  # a mirrored digit is not the same digit
     config.data.workers = 1
     config.model.patch_size = 4
     config.optim.epochs = epochs
@@ -96,6 +97,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     test_labels = torch.as_tensor(test.labels)
     rows, results = [], {}
     for name, featurize in features.items():
+        log.info("evaluating %s features: kNN and linear probe", name)
         # features once per set, shared by both protocols
         train_feats, test_feats = featurize(train), featurize(test)
         row = {"features": name}

@@ -93,6 +93,8 @@ def resolve_encoder_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / "encoder.safetensors"
+    elif path.suffix != ".safetensors":
+        raise ValueError(f"{path}: not a run folder or a .safetensors encoder file")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no encoder here; give a run folder written by `sslvit pretrain` "
