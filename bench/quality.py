@@ -14,14 +14,10 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from bench.cifar10 import cifar10_folders
 from sslvit.data import Subset, eval_transform, label_subset, open_images
 from sslvit.evaluate.classify import evaluate_features
 from sslvit.evaluate.features import extract_features
-from sslvit.methods import build_method
-from sslvit.models import create_vit
 from sslvit.train.config import apply_overrides, load_config
 from sslvit.train.loop import Trainer
 
@@ -77,10 +73,7 @@ def main() -> None:
     info = trainer.encoder_info()
     transform = eval_transform(config.data.img_size, info.mean, info.std)
 
-    torch.manual_seed(config.run.seed)
-    random_encoder = build_method(
-        config.method, create_vit("vit_tiny", 32, 4, info.in_chans)
-    ).encoder
+    random_encoder = trainer.build_method().encoder
     rows = [
         (
             "random-weight ViT-Tiny",

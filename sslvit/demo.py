@@ -17,8 +17,6 @@ from sslvit.evaluate.classify import evaluate_features
 from sslvit.evaluate.features import extract_features, pixel_features
 from sslvit.evaluate.report import format_table, save_result
 from sslvit.export import export_encoder
-from sslvit.methods import build_method
-from sslvit.models import create_vit
 from sslvit.train.checkpoint import load_checkpoint
 from sslvit.train.config import Config
 from sslvit.train.loop import Trainer
@@ -74,13 +72,9 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     info = trainer.encoder_info()
 
     # the same ViT with the weights pretraining started from (same seed, same initialisation)
-    torch.manual_seed(config.run.seed)
-    start = build_method(
-        config.method,
-        create_vit(config.model.name, config.data.img_size, config.model.patch_size, 1),
-    )
+    start = trainer.build_method()
     encoders = {
-        "random-weight ViT": (start.encoder.to(trainer.device).eval(), info.pool),
+        "random-weight ViT": (start.encoder.eval(), info.pool),
         "MAE encoder": (trainer.method.encoder.eval(), info.pool),
     }
     train = open_images("sample:train", labeled=True)

@@ -96,7 +96,7 @@ class Trainer:
         saved = self._check_run_dir(resume)
 
         self.images = self._open_data()
-        self.method = self._build_method()
+        self.method = self.build_method()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.method, config.optim.weight_decay, self.method.no_weight_decay()),
             lr=0.0,
@@ -145,7 +145,8 @@ class Trainer:
             )
         return images
 
-    def _build_method(self):
+    def build_method(self):
+        """The method with the weights this run starts from (seeded by `run.seed`)."""
         cfg = self.config
         torch.manual_seed(cfg.run.seed)
         encoder = create_vit(
