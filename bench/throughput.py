@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sslvit.methods import build_method
 from sslvit.methods.mae import MAEConfig
-from sslvit.models import create_vit
+from sslvit.models import create_vit, select_attention_kernel
 from sslvit.train.distributed import resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -48,6 +48,7 @@ def mae_step_bench(device, precision: str, batch_size: int, steps: int) -> dict:
     torch.manual_seed(0)
     config = MAEConfig(decoder_embed_dim=96, decoder_depth=2)
     method = build_method(config, create_vit("vit_tiny", 32, 4, 3)).to(device)
+    select_attention_kernel(method, device)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], fused=True)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     autocast = (

@@ -7,7 +7,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
 from sslvit.data.views import eval_transform
-from sslvit.models.vit import pooled_features
+from sslvit.models.vit import pooled_features, select_attention_kernel
+from sslvit.train.distributed import resolve_precision
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class _Transformed(Dataset):
@@ -48,11 +51,14 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled encoder features of every image, in the order of `images`.
 
     The encoder runs in eval mode without gradients and is moved to `device`; its training
-    mode is restored afterwards.
+    mode is restored afterwards. With precision "auto" the forward passes run under bf16
+    autocast where the device computes bf16 natively (as training does); features are
+    returned in float32 either way.
 
     Args:
         encoder: The ViT encoder.
@@ -63,16 +69,20 @@ def extract_features(
         batch_size: Images per forward pass.
         device: Where the encoder runs.
         workers: DataLoader worker processes reading and transforming images.
+        precision: "auto", "fp32", "bf16" or "fp16" (CUDA only).
 
     Returns:
         `(features, labels)`: float32 `[N, embed_dim]` on the CPU, and int64 `[N]` or None when
         the set has no labels.
     """
     was_training = encoder.training
+    device = torch.device(device)
     encoder.to(device).eval()
+    select_attention_kernel(encoder, device)
+    dtype = AUTOCAST.get(resolve_precision(precision, device))
     chunks = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for batch in _loader(images, transform, batch_size, workers):
                 feats = pooled_features(encoder, batch.to(device, non_blocking=True), pool)
                 chunks.append(feats.float().cpu())

@@ -1,7 +1,13 @@
 """Vision Transformer encoders, position embeddings and encoder files."""
 
 from sslvit.models.io import EncoderInfo, load_encoder, save_encoder
-from sslvit.models.vit import MODELS, create_vit, patch_grid, pooled_features
+from sslvit.models.vit import (
+    MODELS,
+    create_vit,
+    patch_grid,
+    pooled_features,
+    select_attention_kernel,
+)
 
 __all__ = [
     "MODELS",
@@ -11,4 +17,5 @@ __all__ = [
     "patch_grid",
     "pooled_features",
     "save_encoder",
+    "select_attention_kernel",
 ]

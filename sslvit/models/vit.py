@@ -68,6 +68,20 @@ def create_vit(
     return encoder
 
 
+def select_attention_kernel(module: torch.nn.Module, device: torch.device) -> None:
+    """Pick the faster attention implementation for `device` in every timm block of `module`.
+
+    On GPUs the fused scaled-dot-product kernel wins. On CPUs the explicit product-softmax-
+    product is faster: measured on this project's 2-core CPU for an MAE step of ViT-Tiny at
+    32 px, patch 4, batch 128, 160 -> 171 images/s in fp32 and 181 -> 267 images/s in bf16
+    (the fused CPU kernel's bf16 backward alone took a third of the step).
+    """
+    fused = device.type == "cuda"
+    for sub in module.modules():
+        if hasattr(sub, "fused_attn"):
+            sub.fused_attn = fused
+
+
 def patch_grid(encoder: VisionTransformer) -> tuple[int, int]:
     """The (rows, columns) of the encoder's patch grid."""
     return tuple(encoder.patch_embed.grid_size)
@@ -97,6 +111,48 @@ def resize_pos_embed(encoder: VisionTransformer, img_size: int | tuple[int, int]
     encoder.patch_embed.img_size = (height, width)
     encoder.patch_embed.grid_size = new_grid
     encoder.patch_embed.num_patches = new_grid[0] * new_grid[1]
+
+
+def forward_tokens(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The encoder's final normalised tokens for images of any size, optionally masked.
+
+    The position embedding is resampled (bicubic) on the fly when the image's patch grid differs
+    from the encoder's, so one encoder takes DINO's global and local crops. With `mask`, the
+    embeddings of the masked patches are replaced by `mask_token` before the positions are
+    added (the BEiT/iBOT/MaskFeat convention: the encoder sees every position).
+
+    Args:
+        encoder: A timm ViT with a class token.
+        images: `[B, C, H, W]`, H and W divisible by the patch size.
+        mask: Optional `[B, N]` over the image's patch grid, 1 (or True) = masked.
+        mask_token: `[1, 1, D]`, required with `mask`.
+
+    Returns:
+        `[B, 1 + N, D]`: the class token, then the patch tokens in row-major order.
+    """
+    patch = encoder.patch_embed
+    x = patch.proj(images)  # [B, D, h, w]
+    grid = tuple(x.shape[-2:])
+    x = patch.norm(x.flatten(2).transpose(1, 2))
+    if mask is not None:
+        if mask_token is None:
+            raise ValueError("a mask needs a mask_token")
+        w = mask.unsqueeze(-1).to(x.dtype)
+        x = x * (1 - w) + mask_token.to(x.dtype) * w
+    pos = encoder.pos_embed
+    if grid != patch_grid(encoder):
+        pos = resample_abs_pos_embed(
+            pos, new_size=list(grid), old_size=list(patch_grid(encoder)), num_prefix_tokens=1
+        )
+    cls = (encoder.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x + pos[:, 1:]], dim=1)
+    x = encoder.blocks(encoder.norm_pre(x))
+    return encoder.norm(x)
 
 
 def pooled_features(encoder: VisionTransformer, images: torch.Tensor, pool: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
 from sslvit.methods import build_method
-from sslvit.models import EncoderInfo, create_vit, save_encoder
+from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
 from sslvit.train.config import Config
 from sslvit.train.distributed import (
@@ -112,6 +112,10 @@ class Trainer:
             self._restore(saved)
         self.model = self.method
         if self.dist.world_size > 1:
+            if self.device.type == "cuda":
+                # the heads' BatchNorm normalises over the global batch, as in the papers
+                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+                self.model = self.method
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.method, device_ids=ids)
 
@@ -156,7 +160,9 @@ class Trainer:
             cfg.data.in_chans,
             cfg.model.drop_path,
         )
-        return build_method(cfg.method, encoder).to(self.device)
+        method = build_method(cfg.method, encoder).to(self.device)
+        select_attention_kernel(method, self.device)
+        return method
 
     def _plan_steps(self) -> None:
         optim = self.config.optim
@@ -314,6 +320,8 @@ class Trainer:
             if first:
                 torch.manual_seed(step_seed(cfg.run.seed, step, self.dist.rank))
                 set_learning_rate(self.optimizer, self._lr(step))
+                self._set_weight_decay(step)
+                self.method.start_step(step, self.total_steps, self.steps_per_epoch)
                 step_loss, step_logs = 0.0, {}
             views = _to_device(views, self.device)
             no_sync = self.dist.world_size > 1 and not last
@@ -327,7 +335,7 @@ class Trainer:
                 step_logs[key] = step_logs.get(key, 0.0) + value / accum
             if not last:
                 continue
-            self._optimizer_step()
+            self._optimizer_step(step)
             self.method.after_step(step, self.total_steps)
             epoch_losses.append(step_loss)
             log_now = (step + 1) % cfg.run.log_every == 0 or step + 1 == stop
@@ -335,6 +343,8 @@ class Trainer:
                 step_loss = all_reduce_mean(step_loss, self.device)
             values = {"epoch": step // self.steps_per_epoch, "loss": step_loss, **step_logs}
             values["lr"] = self.optimizer.param_groups[0]["lr"]
+            if cfg.optim.weight_decay_end is not None:
+                values["wd"] = self.optimizer.param_groups[0]["weight_decay"]
             logger.step(step, self.effective_batch, log_now, values)
             end_of_epoch = (step + 1) % self.steps_per_epoch == 0
             if end_of_epoch:
@@ -364,10 +374,20 @@ class Trainer:
             step, self.total_steps, self.warmup_steps, self.peak_lr, optim.min_lr
         )
 
-    def _optimizer_step(self) -> None:
+    def _set_weight_decay(self, step: int) -> None:
+        optim = self.config.optim
+        if optim.weight_decay_end is None:
+            return
+        wd = cosine_schedule(step, self.total_steps, 0, optim.weight_decay, optim.weight_decay_end)
+        for group in self.optimizer.param_groups:
+            if group["base_weight_decay"] > 0:
+                group["weight_decay"] = wd
+
+    def _optimizer_step(self, step: int) -> None:
         clip = self.config.optim.clip_grad
+        self.scaler.unscale_(self.optimizer)
+        self.method.adjust_gradients(step)
         if clip > 0:
-            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
