@@ -134,9 +134,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from sslvit.viz import recon_figure
+    from sslvit.viz import attention_figure, recon_figure
 
-    out = recon_figure(args.encoder, args.out, data=args.data, n_images=args.n, seed=args.seed)
+    if args.what == "recon":
+        out = recon_figure(args.encoder, args.out, data=args.data, n_images=args.n, seed=args.seed)
+    else:
+        bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+        out = attention_figure(args.encoder, args.out, data=args.data, n_images=args.n, bands=bands)
     print(out)
 
 
@@ -208,10 +212,15 @@ def _add_eval(sub) -> None:
 
 
 def _add_others(sub) -> None:
-    p = sub.add_parser("show", help="pictures: recon (MAE reconstructions)")
-    p.add_argument("what", choices=["recon"])
-    p.add_argument("--encoder", required=True, help="run folder")
-    p.add_argument("--data", help="images to show; omitted: the run's data")
+    p = sub.add_parser(
+        "show", help="pictures: recon (MAE reconstructions), attention (class-token attention)"
+    )
+    p.add_argument("what", choices=["recon", "attention"])
+    p.add_argument("--encoder", required=True, help="run folder (attention: or .safetensors)")
+    p.add_argument("--data", help="images to show; omitted: the run's data (recon), the sample")
+    p.add_argument(
+        "--bands", help="attention: channels shown as R,G,B for multi-band images, e.g. 3,2,1"
+    )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=8, help="number of images (rows)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks")

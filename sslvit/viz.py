@@ -115,3 +115,116 @@ def recon_figure(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def cls_attention(encoder, images: torch.Tensor) -> torch.Tensor:
+    """The last block's attention from the class token to each patch, per head.
+
+    Args:
+        encoder: A timm ViT.
+        images: Normalised `[B, C, H, W]` at the encoder's input size.
+
+    Returns:
+        `[B, heads, rows, cols]`, each head's map summing to at most 1 over the patches.
+    """
+    with torch.no_grad():
+        x = encoder.patch_embed(images)
+        x = encoder._pos_embed(x)
+        x = encoder.norm_pre(x)
+        for block in encoder.blocks[:-1]:
+            x = block(x)
+        last = encoder.blocks[-1]
+        attn = last.attn
+        y = last.norm1(x)
+        b, n, d = y.shape
+        qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, d // attn.num_heads)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [B, h, n, n]
+    rows, cols = encoder.patch_embed.grid_size
+    prefix = encoder.num_prefix_tokens
+    return weights[:, :, 0, prefix:].reshape(b, attn.num_heads, rows, cols)
+
+
+def attention_figure(
+    encoder_path: str | Path,
+    out: str | Path,
+    data: str | None = None,
+    n_images: int = 6,
+    bands: list[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Save each image next to its class-token attention maps, one panel per head.
+
+    Works for any channel count: grey images are shown grey, RGB as RGB, and other band counts
+    as the three `bands` chosen (default the first three), each stretched between its 2nd and
+    98th percentile. Maps are upsampled (nearest) to the image and scaled per panel.
+
+    Args:
+        encoder_path: A run folder or an exported `.safetensors` encoder.
+        out: PNG path to write.
+        data: Images to show; None for the built-in sample.
+        n_images: Rows of the figure, drawn evenly across the data.
+        bands: Three channel indices to show for images that are neither grey nor RGB.
+    """
+    from sslvit.models import load_encoder
+
+    encoder, info = load_encoder(encoder_path, device)
+    images = open_images(data or "sample:test", labeled=False, check=False)
+    if images.in_chans != info.in_chans:
+        raise ValueError(
+            f"{data}: images have {images.in_chans} channels, the encoder takes {info.in_chans}"
+        )
+    size = info.img_size[0] if isinstance(info.img_size, (list, tuple)) else info.img_size
+    transform = eval_transform(size, info.mean, info.std)
+    picks = torch.linspace(0, len(images) - 1, min(n_images, len(images))).round().long()
+    batch = torch.stack([transform(images.read(int(i))) for i in picks]).to(device)
+    maps = cls_attention(encoder, batch).float().cpu()
+    maps = torch.nn.functional.interpolate(maps, size=batch.shape[-2:], mode="nearest")
+
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    shown = composite(batch.float().cpu() * std + mean, bands)
+    heads = maps.shape[1]
+    rows, cols = len(picks), heads + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
+    for r in range(rows):
+        picture = shown[r].numpy()
+        if picture.shape[-1] == 1:
+            axes[r][0].imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            axes[r][0].imshow(picture)
+        for h in range(heads):
+            axes[r][h + 1].imshow(maps[r, h].numpy(), cmap="inferno")
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("image", fontsize=9)
+    for h in range(heads):
+        axes[0][h + 1].set_title(f"head {h}", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def composite(images: torch.Tensor, bands: list[int] | None = None) -> torch.Tensor:
+    """Images `[B, C, H, W]` in native units to displayable `[B, H, W, 1 or 3]` in [0, 1].
+
+    Grey stays grey and RGB stays RGB unless `bands` picks others; any other channel count shows
+    `bands` (default the first three) as red, green and blue. Each shown channel of each image is
+    stretched between its 2nd and 98th percentile.
+    """
+    chans = images.shape[1]
+    if bands is None:
+        bands = [0] if chans == 1 else [0, 1, 2] if chans >= 3 else [0]
+    if len(bands) not in (1, 3) or any(not 0 <= b < chans for b in bands):
+        raise ValueError(f"bands {bands}: give 1 or 3 channel indices below {chans}")
+    picked = images[:, bands].float()
+    flat = picked.flatten(2)
+    low = flat.quantile(0.02, dim=2)[..., None, None]
+    high = flat.quantile(0.98, dim=2)[..., None, None]
+    scaled = ((picked - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+    return scaled.permute(0, 2, 3, 1)

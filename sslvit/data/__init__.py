@@ -13,19 +13,31 @@ from sslvit.data.readers import (
 from sslvit.data.sample import load_sample
 from sslvit.data.splits import LabelSpec, label_subset, parse_label_spec, stratified_split
 from sslvit.data.stats import channel_stats
-from sslvit.data.views import SeededViews, eval_transform, train_transform
+from sslvit.data.views import (
+    ChannelJitter,
+    MultiView,
+    SeededViews,
+    ViewAugment,
+    augmented_view,
+    eval_transform,
+    train_transform,
+)
 
 __all__ = [
     "ARRAY_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "READABLE_EXTENSIONS",
     "ArrayImages",
+    "ChannelJitter",
     "FolderImages",
     "ImageSet",
     "LabelSpec",
+    "MultiView",
     "SeededViews",
     "Subset",
     "UnreadableImageError",
+    "ViewAugment",
+    "augmented_view",
     "channel_stats",
     "eval_transform",
     "label_subset",

@@ -1,6 +1,15 @@
 """Pretraining methods: one file each, registered by their command-line name."""
 
-from sslvit.methods import mae  # noqa: F401  (registers the method)
+from sslvit.methods import (  # noqa: F401  (registers them)
+    byol,
+    dino,
+    ibot,
+    mae,
+    maskfeat,
+    mocov3,
+    simclr,
+    simsiam,
+)
 from sslvit.methods.base import Method, build_method
 from sslvit.methods.registry import method_class, method_config_class, method_names, register
 

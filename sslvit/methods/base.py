@@ -43,6 +43,14 @@ class Method(nn.Module):
         """Names (or name suffixes) of parameters that take no weight decay besides 1-D ones."""
         return {"pos_embed", "cls_token", "mask_token"}
 
+    def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Called before the forward passes of each optimiser step (per-step schedules such
+        as a teacher temperature read their position here)."""
+
+    def adjust_gradients(self, step: int) -> None:
+        """Called after the backward passes of a step, before clipping and the optimiser
+        (DINO drops its last layer's gradients during the first epoch here)."""
+
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (momentum teachers update here)."""
 

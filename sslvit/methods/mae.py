@@ -13,6 +13,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from sslvit.methods.base import Method
+from sslvit.methods.common import CollapseMonitor
 from sslvit.methods.registry import register
 from sslvit.models.pos_embed import sincos_2d
 
@@ -165,6 +166,9 @@ class MAE(Method):
         self.decoder_norm = nn.LayerNorm(dec_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(dec_dim, self.patch_size**2 * in_chans)
         self._initialize()
+        # logged, never warned on: raw ViT class tokens share a large common direction, so their
+        # spread is low in healthy runs too (MAE's pixel targets cannot collapse to a point)
+        self.monitor = CollapseMonitor("class-token embedding", threshold=0.0)
 
     def _initialize(self) -> None:
         self.apply(_init_mae_weights)
@@ -220,7 +224,7 @@ class MAE(Method):
         pred = self.decode(latent, ids_restore)
         target = patchify(images, self.patch_size)
         loss = masked_patch_loss(pred, target, mask, self.config.norm_pix_loss)
-        return loss, {}
+        return loss, {"emb_std": self.monitor(latent[:, 0])}
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, generator=None):

@@ -52,6 +52,8 @@ class OptimConfig:
 
     The peak learning rate is `base_lr * effective_batch / 256`, where the effective batch is
     `batch_size * accum_steps * world_size` (the linear scaling rule used by MAE and DINO).
+    With `weight_decay_end` set, weight decay follows a half cosine from `weight_decay` to it
+    over the run (DINO's 0.04 -> 0.4).
     """
 
     epochs: float = 100.0
@@ -61,6 +63,7 @@ class OptimConfig:
     min_lr: float = 0.0
     warmup_epochs: float = 5.0
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 0.0
 

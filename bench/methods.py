@@ -1,0 +1,131 @@
+"""Every pretraining method on CIFAR-10 for the same budget, then kNN and linear top-1.
+
+For each method: its recipe (`sslvit/recipes/NAME.yaml`; MAE takes `mae_tiny32.yaml`) with the
+small-image settings below
+(ViT-Tiny, 32 px, patch 4, batch 128), pretrained on the CIFAR-10 train split from ../shared/data
+with labels ignored, for a fixed number of images seen (default one pass, 50,000). Then kNN
+(k=20, T=0.07) and linear-probe top-1 on the test split with the train split as the labelled
+set, next to the random-weight encoder every run starts from, and the final embedding spread
+(the collapse monitor's std of the L2-normalised embeddings; 1/sqrt(d) is healthy).
+
+    python -m bench.methods [--methods mae,simclr,...] [--images 50000]
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from bench.cifar10 import cifar10_folders
+from bench.quality import probe
+from sslvit.data import Subset, eval_transform, label_subset, open_images
+from sslvit.methods import method_names
+from sslvit.train.config import apply_overrides, load_config
+from sslvit.train.loop import Trainer
+
+RECIPES = Path(__file__).resolve().parents[1] / "sslvit" / "recipes"
+# one CPU pass over CIFAR-10 is ~390 steps of 128: the papers' 40 warm-up epochs and base rate
+# of 1.5e-4 are for 300-epoch runs; a short run needs a short warm-up and a higher rate
+SMALL = [
+    "data.img_size=32",
+    "model.name=vit_tiny",
+    "model.patch_size=4",
+    "optim.batch_size=128",
+    "optim.base_lr=1e-3",
+    "optim.warmup_epochs=0.1",
+    "run.log_every=50",
+]
+
+
+def last_logged(run_dir: Path, key: str):
+    value = None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if key in record:
+            value = record[key]
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(method_names()), help="comma-separated")
+    parser.add_argument("--images", type=int, default=50_000, help="images seen per method")
+    parser.add_argument("--out", default="/tmp/sslvit-bench/methods")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--bank", type=int, default=0, help="labelled images for the probes (0 = all 50,000)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="overrides for every method")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    train_dir, test_dir = cifar10_folders()
+    train = open_images(train_dir, labeled=True)
+    test = open_images(test_dir, labeled=True)
+    bank = train if not args.bank else Subset(train, label_subset(train.labels, args.bank // 10, 0))
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    rows, results = [], out / "results.json"
+    for name in args.methods.split(","):
+        recipe = RECIPES / ("mae_tiny32.yaml" if name == "mae" else f"{name}.yaml")
+        config = apply_overrides(
+            load_config(recipe),
+            [
+                *SMALL,
+                f"data.path={train_dir}",
+                f"optim.epochs={args.images / len(train)}",
+                f"run.out={out / name}",
+                f"run.device={args.device}",
+                *args.set,
+            ],
+        )
+        trainer = Trainer(config)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        info = trainer.encoder_info()
+        transform = eval_transform(config.data.img_size, info.mean, info.std)
+        if not rows:
+            random_encoder = trainer.build_method().encoder
+            acc = probe(random_encoder, info.pool, bank, test, transform, trainer.device)
+            rows.append({"method": "random weights", "images": 0, **acc})
+        acc = probe(trainer.method.encoder, info.pool, bank, test, transform, trainer.device)
+        seen = trainer.total_steps * trainer.effective_batch
+        rows.append(
+            {
+                "method": name,
+                "images": seen,
+                "minutes": round(seconds / 60, 1),
+                "images_per_s": round(seen / seconds, 1),
+                "emb_std": last_logged(out / name, "emb_std"),
+                "healthy_std": 1 / trainer.method.monitor.dim**0.5,
+                "collapse_warning": trainer.method.monitor.collapsed,
+                **acc,
+            }
+        )
+        results.write_text(json.dumps(rows, indent=2) + "\n")
+
+    print()
+    print(f"CIFAR-10, ViT-Tiny 32 px patch 4 on {trainer.device}; bank {len(bank):,}, test 10,000")
+    print(f"overrides: {' '.join(SMALL + args.set)}")
+    head = (
+        f"{'method':<16}{'images':>8}{'min':>6}{'kNN':>7}{'linear':>8}{'emb std':>9}{'healthy':>9}"
+    )
+    print(head + "  collapse")
+    for row in rows:
+        std = f"{row['emb_std']:9.4f}" if row.get("emb_std") is not None else f"{'-':>9}"
+        healthy = f"{row['healthy_std']:9.4f}" if "healthy_std" in row else f"{'-':>9}"
+        minutes = f"{row['minutes']:6.1f}" if "minutes" in row else f"{'-':>6}"
+        speed = f"{row['images_per_s']:7.1f}" if "images_per_s" in row else f"{'-':>7}"
+        collapse = {True: "yes", False: "no"}.get(row.get("collapse_warning"), "-")
+        print(
+            f"{row['method']:<16}{row['images']:>8,}{speed}{minutes}{row['knn']:7.2f}"
+            f"{row['linear']:8.2f}{std}{healthy}  {collapse}"
+        )
+    print(f"results: {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Pieces shared by the view-matching methods: gathering across processes, the collapse
+monitor, and the view configuration that every two-view method's config inherits."""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from sslvit.data.views import MultiView, ViewAugment, augmented_view
+from sslvit.methods.base import Method
+from sslvit.models.vit import pooled_features
+
+log = logging.getLogger("sslvit")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradients of every process and keeps its own slice.
+
+    With DDP averaging parameter gradients, this makes the gradient of the mean of the
+    per-process losses equal to the gradient of the loss on the concatenated global batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grad = torch.stack(grads)
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def gather(x: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    """Concatenate `x` `[n, ...]` from every process in rank order: `[world * n, ...]`.
+
+    Args:
+        x: This process's tensor; every process must pass the same shape.
+        with_grad: Let gradients flow back to every process's `x` (SimCLR's negatives);
+            without it the result is detached (MoCo's keys).
+    """
+    _, size = world()
+    if size == 1:
+        return x if with_grad else x.detach()
+    if with_grad:
+        return torch.cat(_GatherWithGrad.apply(x))
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of the L2-normalised embeddings.
+
+    About 1/sqrt(d) for healthy d-dimensional embeddings spread over the sphere; near 0 when
+    every input maps to the same point (the collapse measure of the SimSiam paper).
+    """
+    z = F.normalize(z.detach().float(), dim=1)
+    return float(z.std(dim=0).mean())
+
+
+class CollapseMonitor:
+    """Watches `embedding_std` and warns in the log when it stays collapsed.
+
+    The embedding counts as collapsed when its std falls below `threshold / sqrt(d)`; after
+    `patience` consecutive collapsed steps a warning goes to the log, once, and again only after
+    the embedding has recovered and collapsed anew.
+
+    Args:
+        name: What is watched, for the message ("projector output").
+        threshold: Fraction of the healthy value 1/sqrt(d) below which it counts as collapsed.
+        patience: Consecutive collapsed steps before the warning.
+    """
+
+    def __init__(self, name: str, threshold: float = 0.1, patience: int = 20):
+        self.name, self.threshold, self.patience = name, threshold, patience
+        self.collapsed_steps = 0
+        self.warned = False
+        self.dim = 0
+
+    def __call__(self, z: torch.Tensor) -> float:
+        """Measure one batch of embeddings `[B, d]`; returns the std to log."""
+        std = embedding_std(z)
+        self.dim = z.shape[1]
+        healthy = 1.0 / math.sqrt(self.dim)
+        if std < self.threshold * healthy:
+            self.collapsed_steps += 1
+        else:
+            self.collapsed_steps, self.warned = 0, False
+        if self.collapsed_steps >= self.patience and not self.warned:
+            self.warned = True
+            log.warning(
+                "collapse: the %s std is %.2g, below %.2g (a fraction %.2f of the healthy "
+                "1/sqrt(%d) = %.3g) for %d steps: the embeddings are collapsing to a point",
+                self.name,
+                std,
+                self.threshold * healthy,
+                self.threshold,
+                z.shape[1],
+                healthy,
+                self.collapsed_steps,
+            )
+        return std
+
+    @property
+    def collapsed(self) -> bool:
+        return self.warned
+
+
+@dataclass
+class TwoViewConfig:
+    """Settings every two-view method shares: its two views' augmentations and pooling.
+
+    `*_prob` pairs give the probability for view 1 and view 2 (BYOL's asymmetric blur and
+    solarisation). Colour jitter strengths are those of the method's paper.
+    """
+
+    name: str = ""
+    pool: str = "cls"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: tuple[float, float] = (1.0, 0.1)
+    solarize_prob: tuple[float, float] = (0.0, 0.2)
+    collapse_threshold: float = 0.1
+    collapse_patience: int = 20
+
+
+def two_views(config: TwoViewConfig, img_size: int, mean, std) -> MultiView:
+    """The two augmented views that `config` describes."""
+    return MultiView(
+        [
+            augmented_view(
+                img_size,
+                mean,
+                std,
+                ViewAugment(
+                    crop_scale=tuple(config.crop_scale),
+                    hflip=config.hflip,
+                    jitter_prob=config.jitter_prob,
+                    brightness=config.brightness,
+                    contrast=config.contrast,
+                    saturation=config.saturation,
+                    hue=config.hue,
+                    grayscale_prob=config.grayscale_prob,
+                    blur_prob=config.blur_prob[k],
+                    solarize_prob=config.solarize_prob[k],
+                ),
+            )
+            for k in range(2)
+        ]
+    )
+
+
+class TwoViewMethod(Method):
+    """Base of the methods that match two augmented views of each image.
+
+    Subclasses build their heads in `__init__` and implement `forward(views)` with `views` the
+    list of two normalised batches.
+    """
+
+    config_class = TwoViewConfig
+
+    def __init__(self, config: TwoViewConfig, encoder: VisionTransformer):
+        super().__init__(config, encoder)
+        self.pool = config.pool
+        self.monitor = CollapseMonitor(
+            "embedding", config.collapse_threshold, config.collapse_patience
+        )
+
+    def views_transform(self, data_config, mean, std):
+        return two_views(self.config, data_config.img_size, mean, std)
+
+    def features(self, images: torch.Tensor, encoder: VisionTransformer | None = None):
+        """Pooled encoder features `[B, D]` (of `encoder`, default the student's)."""
+        return pooled_features(encoder or self.encoder, images, self.pool)
+
+    @staticmethod
+    def check_views(views) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(views, (list, tuple)) or len(views) != 2:
+            raise ValueError("this method expects a list of two batches of views")
+        if views[0].shape[0] < 2:
+            raise ValueError("BatchNorm in the heads needs at least 2 images per batch")
+        return views[0], views[1]

@@ -1,0 +1,126 @@
+"""MaskFeat (Wei et al., "Masked Feature Prediction for Self-Supervised Visual Pre-Training",
+CVPR 2022, https://arxiv.org/abs/2112.09133).
+
+The encoder sees every patch position, the masked ones (block-wise, 40 %) replaced by a learned
+mask token; a linear head predicts the histogram of oriented gradients (HOG) of the original
+image for each masked patch, and the loss is the mean squared error on the masked patches only.
+
+HOG as in the paper: gradients from Sobel filters on each channel, unsigned orientations in 9
+bins, magnitudes weighted by a Gaussian window over each patch and summed in cells of half the
+patch side (8x8 cells in 16x16 patches; 2x2 in 4x4 ones), and the histograms of each patch and
+channel L2-normalised together. The target of a patch is `channels * bins * (p / cell)^2` long.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from sslvit.methods.base import Method
+from sslvit.methods.common import CollapseMonitor
+from sslvit.methods.masking import block_masks
+from sslvit.methods.registry import register
+from sslvit.models.vit import forward_tokens
+
+
+@dataclass
+class MaskFeatConfig:
+    """MaskFeat's ViT defaults: block-wise masking of 40 %, HOG with 9 bins and cells of half
+    the patch side. `cell_size` None scales the paper's 8 px cells with the patch size."""
+
+    name: str = "maskfeat"
+    pool: str = "cls"
+    mask_ratio: float = 0.4
+    min_block: int = 4
+    mask_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    hog_bins: int = 9
+    cell_size: int | None = None
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g[:, None] * g[None, :]
+
+
+def hog_targets(images: torch.Tensor, patch_size: int, cell_size: int, bins: int = 9):
+    """HOG features of each patch of each image, per channel: `[B, N, C * bins * cells]`.
+
+    Args:
+        images: `[B, C, H, W]`; H and W divisible by `patch_size`, which `cell_size` divides.
+        patch_size: Patch side p; the Gaussian window spans a patch (sigma p / 2).
+        cell_size: Side of a histogram cell.
+        bins: Orientation bins over [0, pi).
+
+    Returns:
+        `[B, N, C * bins * (p / cell)^2]` in the patch order of `patchify`; inside a patch the
+        values run over channels, then bins, then cells (row-major); each (patch, channel)
+        block has unit L2 norm (or is 0 where the patch is flat).
+    """
+    if patch_size % cell_size:
+        raise ValueError(f"cell size {cell_size} does not divide the patch size {patch_size}")
+    b, c, h, w = images.shape
+    x = images.float().reshape(b * c, 1, h, w)
+    sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+    kernels = torch.stack([sobel, sobel.T]).unsqueeze(1).to(x.device)  # d/dx, d/dy
+    grads = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernels)  # [BC, 2, H, W]
+    gx, gy = grads[:, 0], grads[:, 1]
+    magnitude = torch.sqrt(gx**2 + gy**2)
+    orientation = torch.remainder(torch.atan2(gy, gx), math.pi)  # unsigned, [0, pi)
+    # an angle a rounding error below pi is the same unsigned orientation as 0 (flat rows at
+    # reflected borders give exactly such gradients)
+    index = torch.floor(orientation / math.pi * bins + 1e-4).long() % bins
+    window = _gaussian_window(patch_size, patch_size / 2).to(x.device)
+    magnitude = magnitude * window.repeat(h // patch_size, w // patch_size)
+    hist = torch.zeros(b * c, bins, h, w, device=x.device)
+    hist.scatter_(1, index.unsqueeze(1), magnitude.unsqueeze(1))
+    cells = F.avg_pool2d(hist, cell_size) * cell_size**2  # sums per cell: [BC, bins, h/s, w/s]
+    per = patch_size // cell_size
+    gh, gw = h // patch_size, w // patch_size
+    cells = cells.reshape(b, c, bins, gh, per, gw, per)
+    feats = cells.permute(0, 3, 5, 1, 2, 4, 6).reshape(b, gh * gw, c, bins * per * per)
+    feats = F.normalize(feats, dim=-1)
+    return feats.reshape(b, gh * gw, c * bins * per * per)
+
+
+@register("maskfeat")
+class MaskFeat(Method):
+    """Mask-token ViT + linear head regressing the HOG features of the masked patches."""
+
+    config_class = MaskFeatConfig
+
+    def __init__(self, config: MaskFeatConfig, encoder: VisionTransformer):
+        super().__init__(config, encoder)
+        if not 0.0 < config.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
+        self.pool = config.pool
+        self.patch_size = encoder.patch_embed.patch_size[0]
+        self.cell_size = config.cell_size or max(1, self.patch_size // 2)
+        in_chans = encoder.patch_embed.proj.in_channels
+        per = self.patch_size // self.cell_size
+        self.target_dim = in_chans * config.hog_bins * per * per
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.head = nn.Linear(encoder.embed_dim, self.target_dim)
+        self.monitor = CollapseMonitor("class-token embedding", threshold=0.0)
+        # the images reaching `forward` are normalised; HOG is taken on them as they are,
+        # which only rescales each channel before the per-patch normalisation
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        b = images.shape[0]
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        mask = block_masks(b, grid, [c.mask_ratio] * b, c.min_block, tuple(c.mask_aspect)).to(
+            images.device
+        )
+        tokens = forward_tokens(self.encoder, images, mask, self.mask_token)
+        pred = self.head(tokens[:, 1:])
+        with torch.no_grad():
+            target = hog_targets(images, self.patch_size, self.cell_size, c.hog_bins)
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        m = mask.float()
+        loss = (per_patch * m).sum() / m.sum()
+        return loss, {"emb_std": self.monitor(tokens[:, 0])}

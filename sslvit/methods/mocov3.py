@@ -1,0 +1,93 @@
+"""MoCo v3 for ViTs (Chen, Xie and He, "An Empirical Study of Training Self-Supervised Vision
+Transformers", ICCV 2021, https://arxiv.org/abs/2104.02057).
+
+A query encoder with a projector and a predictor, a momentum key encoder (encoder and projector)
+whose momentum rises from 0.99 to 1 on a half cosine, and the symmetric InfoNCE loss
+`ctr(q1, k2) + ctr(q2, k1)` with keys gathered from every process, scaled by 2T as in the paper.
+The paper's trick for stable ViT training, a frozen random patch projection, is on by default.
+Unlike the official code this runs in one process and on a CPU as well.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from sslvit.methods.common import TwoViewConfig, TwoViewMethod, gather, world
+from sslvit.methods.registry import register
+from sslvit.methods.teacher import EMATeacher, cosine_momentum
+from sslvit.models.heads import MLPHead
+
+
+@dataclass
+class MoCoV3Config(TwoViewConfig):
+    """The paper's ViT settings: 3-layer projector and 2-layer predictor of width 4096 to 256
+    dimensions (each ending in BatchNorm without affine terms), temperature 0.2, momentum 0.99
+    rising to 1, frozen random patch projection, BYOL's augmentations."""
+
+    name: str = "mocov3"
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.99
+    freeze_patch_embed: bool = True
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo v3's contrastive loss of queries `[n, d]` against keys gathered from every process.
+
+    The positive of query i is this process's key i; the other keys of the global batch are
+    its negatives. Multiplied by 2T, as in the paper, so the gradient scale does not depend on T.
+    """
+    rank, _ = world()
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    keys = gather(k, with_grad=False)
+    logits = q @ keys.T / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+@register("mocov3")
+class MoCoV3(TwoViewMethod):
+    """Query encoder + projector + predictor against a momentum encoder + projector."""
+
+    config_class = MoCoV3Config
+
+    def __init__(self, config: MoCoV3Config, encoder: VisionTransformer):
+        super().__init__(config, encoder)
+        if config.freeze_patch_embed:
+            # the paper's stability trick: a random patch projection that is never trained
+            encoder.patch_embed.proj.weight.requires_grad_(False)
+            encoder.patch_embed.proj.bias.requires_grad_(False)
+        self.projector = MLPHead(
+            encoder.embed_dim, config.proj_hidden_dim, config.proj_dim, 3, "bn_no_affine"
+        )
+        self.predictor = MLPHead(
+            config.proj_dim, config.pred_hidden_dim, config.proj_dim, 2, "bn_no_affine"
+        )
+        self.teacher = EMATeacher(self._student())
+        self.momentum = config.momentum
+
+    def _student(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"encoder": self.encoder, "head": self.projector})
+
+    def forward(self, views) -> tuple[torch.Tensor, dict[str, float]]:
+        v1, v2 = self.check_views(views)
+        # each view is its own BatchNorm batch, as in the official code
+        z1, z2 = self.projector(self.features(v1)), self.projector(self.features(v2))
+        q1, q2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            t = self.teacher.net
+            k1 = t["head"](self.features(v1, t["encoder"]))
+            k2 = t["head"](self.features(v2, t["encoder"]))
+        temp = self.config.temperature
+        loss = info_nce(q1, k2, temp) + info_nce(q2, k1, temp)
+        return loss, {"emb_std": self.monitor(z1), "momentum": self.momentum}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.momentum = cosine_momentum(step + 1, total_steps, self.config.momentum)
+        self.teacher.update(self._student(), self.momentum)

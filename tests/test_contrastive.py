@@ -1,0 +1,229 @@
+"""SimCLR, MoCo v3, BYOL and SimSiam: losses, EMA teacher, heads, collapse monitor, training."""
+
+import logging
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from sslvit.methods import build_method, method_config_class
+from sslvit.methods.common import CollapseMonitor, embedding_std
+from sslvit.methods.mocov3 import info_nce
+from sslvit.methods.simclr import nt_xent
+from sslvit.methods.teacher import EMATeacher, cosine_momentum
+from sslvit.models import create_vit
+from sslvit.models.heads import MLPHead
+from sslvit.train.loop import Trainer
+
+METHODS = ["simclr", "mocov3", "byol", "simsiam"]
+
+
+def reference_nt_xent(z1, z2, t):
+    """NT-Xent written out anchor by anchor, as in the SimCLR paper's algorithm box."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        sims = torch.stack([z[i] @ z[k] / t for k in range(2 * n) if k != i])
+        pos = z[i] @ z[j] / t
+        total = total - (pos - torch.logsumexp(sims, 0))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_the_written_out_formula():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
+    assert nt_xent(z1, z2, 0.1).item() == pytest.approx(reference_nt_xent(z1, z2, 0.1).item())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank, world, port, z1, z2, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    n = z1.shape[0] // world
+    a = z1[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    b = z2[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    loss = nt_xent(a, b, 0.2)
+    loss.backward()
+    # DDP averages gradients over processes: do the same by hand
+    grads = torch.cat([a.grad, b.grad])
+    moco = info_nce(a, b.detach(), 0.2)
+    out[rank] = (loss.detach(), grads / world, moco.detach())
+    torch.distributed.destroy_process_group()
+
+
+def _run_dist(z1, z2):
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_dist_worker, args=(2, _free_port(), z1, z2, out), nprocs=2, join=True)
+    return dict(out)
+
+
+@pytest.mark.slow
+def test_distributed_losses_equal_one_process_on_the_whole_batch():
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(8, 6), torch.randn(8, 6)
+    out = _run_dist(z1, z2)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    single = nt_xent(a, b, 0.2)
+    single.backward()
+    mean_loss = (out[0][0] + out[1][0]) / 2
+    assert mean_loss.item() == pytest.approx(single.item(), abs=1e-6)
+    for rank in (0, 1):
+        got = out[rank][1]
+        want = torch.cat([a.grad[rank * 4 : rank * 4 + 4], b.grad[rank * 4 : rank * 4 + 4]])
+        assert torch.allclose(got, want, atol=1e-6), rank
+    moco_single = info_nce(z1, z2, 0.2)
+    assert ((out[0][2] + out[1][2]) / 2).item() == pytest.approx(moco_single.item(), abs=1e-6)
+
+
+def test_ema_teacher_is_an_independent_frozen_copy():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    teacher = EMATeacher(student)
+    s_ptrs = {p.data_ptr() for p in student.parameters()}
+    s_ptrs |= {b.data_ptr() for b in student.buffers()}
+    t_ptrs = {p.data_ptr() for p in teacher.parameters()} | {
+        b.data_ptr() for b in teacher.buffers()
+    }
+    assert not s_ptrs & t_ptrs
+    assert not any(p.requires_grad for p in teacher.parameters())
+    old = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    teacher.update(student, 0.9)
+    for t, o, s in zip(teacher.parameters(), old, student.parameters(), strict=True):
+        assert torch.allclose(t, 0.9 * o + 0.1 * s)
+    before = [p.clone() for p in teacher.parameters()]
+    teacher.update(student, 1.0)  # momentum 1: the teacher stays where it is
+    assert all(torch.equal(t, b) for t, b in zip(teacher.parameters(), before, strict=True))
+
+
+def test_cosine_momentum_rises_from_base_to_one():
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+
+
+def test_heads_run_one_image_in_eval_mode():
+    head = MLPHead(16, 32, 8, layers=3, last_norm="bn_no_affine")
+    head.train()
+    head(torch.randn(4, 16))
+    head.eval()
+    assert head(torch.randn(1, 16)).shape == (1, 8)
+    with pytest.raises(ValueError):
+        head.train()
+        head(torch.randn(1, 16))
+
+
+def test_a_batch_of_one_is_a_clear_error():
+    method = build_method(method_config_class("simsiam")(), create_vit("vit_tiny", 16, 4, 3))
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        method([x, x])
+
+
+def test_embedding_std_is_one_over_sqrt_d_when_spread_and_zero_when_collapsed():
+    torch.manual_seed(0)
+    assert embedding_std(torch.randn(4096, 64)) == pytest.approx(1 / math.sqrt(64), rel=0.05)
+    point = torch.randn(1, 64).expand(256, 64) + 1e-4 * torch.randn(256, 64)
+    assert embedding_std(point) < 0.01 / math.sqrt(64)
+
+
+def test_collapse_monitor_warns_once_after_patience(caplog):
+    monitor = CollapseMonitor("test", threshold=0.1, patience=3)
+    collapsed = torch.ones(32, 16)
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        for _ in range(5):
+            monitor(collapsed)
+    assert monitor.collapsed and sum("collapse" in r.message for r in caplog.records) == 1
+
+
+def test_mocov3_freezes_the_patch_projection_and_moves_its_teacher():
+    torch.manual_seed(0)
+    config = method_config_class("mocov3")(proj_hidden_dim=64, pred_hidden_dim=64, proj_dim=32)
+    method = build_method(config, create_vit("vit_tiny", 16, 4, 3))
+    proj = method.encoder.patch_embed.proj.weight.clone()
+    teacher_block = method.teacher.net["encoder"].blocks[0].mlp.fc1.weight.clone()
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randn(8, 3, 16, 16)
+    loss, logs = method([x, x.flip(-1)])
+    loss.backward()
+    opt.step()
+    method.after_step(0, 10)
+    assert torch.equal(method.encoder.patch_embed.proj.weight, proj)
+    assert not torch.equal(method.teacher.net["encoder"].blocks[0].mlp.fc1.weight, teacher_block)
+    assert method.momentum == pytest.approx(cosine_momentum(1, 10, 0.99))
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+
+
+def _config(data, out, method, steps=6, **method_fields):
+    from tests.test_train import tiny_config
+
+    config = tiny_config(data, out)
+    config.method = method_config_class(method)(**method_fields)
+    config.data.img_size = 16
+    config.optim.epochs = steps / 6  # 120 digits / batch 20 = 6 steps per epoch
+    config.optim.warmup_epochs = 0.2
+    return config
+
+
+SMALL_HEADS = {
+    "simclr": {"proj_hidden_dim": 64, "proj_dim": 32},
+    "mocov3": {"proj_hidden_dim": 64, "pred_hidden_dim": 64, "proj_dim": 32},
+    "byol": {"proj_hidden_dim": 64, "pred_hidden_dim": 64, "proj_dim": 32},
+    "simsiam": {"proj_dim": 64, "pred_hidden_dim": 16},
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_resumes_exactly_and_exports(method, digits_folder, tmp_path):
+    heads = SMALL_HEADS[method]
+    whole = Trainer(_config(digits_folder, tmp_path / "whole", method, **heads))
+    whole.train()
+    parted = _config(digits_folder, tmp_path / "parted", method, **heads)
+    parted.run.stop_at_step = 3
+    Trainer(parted).train()
+    parted.run.stop_at_step = 0
+    resumed = Trainer(parted, resume=True)
+    resumed.train()
+    a, b = whole.method.state_dict(), resumed.method.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    assert (tmp_path / "parted" / "encoder.safetensors").is_file()
+    from tests.test_train import step_losses
+
+    losses = step_losses(tmp_path / "whole")
+    assert all(math.isfinite(v) for v in losses.values()) and len(losses) == 6
+
+
+def _run_simsiam(data, out, stop_gradient: bool, caplog):
+    config = _config(data, out, "simsiam", steps=36, stop_gradient=stop_gradient, proj_dim=64,
+                     pred_hidden_dim=16, collapse_patience=5)  # fmt: skip
+    config.optim.base_lr = 5e-3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        trainer = Trainer(config)
+        trainer.train()
+    return trainer.method.monitor.collapsed, [r.message for r in caplog.records]
+
+
+@pytest.mark.slow
+def test_simsiam_without_stop_gradient_collapses_and_the_monitor_says_so(
+    digits_folder, tmp_path, caplog
+):
+    broken, messages = _run_simsiam(digits_folder, tmp_path / "broken", False, caplog)
+    assert broken and any("collapse" in m for m in messages)
+    healthy, messages = _run_simsiam(digits_folder, tmp_path / "healthy", True, caplog)
+    assert not healthy and not any("collapse" in m for m in messages)

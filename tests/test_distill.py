@@ -1,0 +1,229 @@
+"""DINO, iBOT and MaskFeat: losses against the papers' formulas, the teacher's views, centring,
+masked-only losses, HOG targets, collapse warnings, and a few steps of each on real digits."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslvit.cli import main
+from sslvit.methods import build_method
+from sslvit.methods.dino import DINOConfig, dino_loss, local_crop_size
+from sslvit.methods.ibot import IBOTConfig, masked_patch_distill
+from sslvit.methods.maskfeat import hog_targets
+from sslvit.methods.masking import block_masks
+from sslvit.models import EncoderInfo, create_vit, save_encoder
+from sslvit.train.loop import Trainer
+
+SMALL = {"out_dim": 128, "hidden_dim": 32, "bottleneck_dim": 16}
+
+
+def reference_dino_loss(student, teacher, center, ts, tt):
+    """The paper's Algorithm 1, element by element: H(t, s) over pairs of different views."""
+    total, pairs = 0.0, 0
+    for ti, t in enumerate(teacher):
+        for si, s in enumerate(student):
+            if si == ti:
+                continue
+            for b in range(t.shape[0]):
+                p_t = np.exp((t[b] - center) / tt)
+                p_t /= p_t.sum()
+                z = s[b] / ts
+                log_p_s = z - np.log(np.exp(z).sum())
+                total += -(p_t * log_p_s).sum() / t.shape[0]
+            pairs += 1
+    return total / pairs
+
+
+@pytest.mark.parametrize("n_local", [0, 1, 4])
+@pytest.mark.parametrize("temps", [(0.1, 0.04), (0.2, 0.07), (1.0, 1.0)])
+def test_dino_loss_matches_the_paper(n_local, temps):
+    rng = np.random.default_rng(n_local)
+    k, b = 7, 3
+    student = [rng.normal(size=(b, k)) for _ in range(2 + n_local)]
+    teacher = [rng.normal(size=(b, k)) for _ in range(2)]
+    center = rng.normal(size=k) * 0.1
+    got = dino_loss(
+        [torch.tensor(s) for s in student],
+        [torch.tensor(t) for t in teacher],
+        torch.tensor(center).view(1, -1),
+        *temps,
+    )
+    assert got.item() == pytest.approx(reference_dino_loss(student, teacher, center, *temps))
+
+
+def _views(b=4, size=16, local=8, n_local=2):
+    return [torch.randn(b, 3, size, size) for _ in range(2)] + [
+        torch.randn(b, 3, local, local) for _ in range(n_local)
+    ]
+
+
+@pytest.mark.parametrize("config", [DINOConfig(**SMALL), IBOTConfig(**SMALL, patch_out_dim=128)])
+def test_teacher_sees_only_the_global_views(config):
+    method = build_method(config, create_vit("vit_tiny", 16, 4, 3))
+    method.start_step(0, 10, 5)
+    seen = []
+    proj = method.teacher.net["encoder"].patch_embed.proj
+    proj.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    method(_views())
+    assert seen and all(shape[-1] == 16 for shape in seen)
+    assert sum(shape[0] for shape in seen) == 2 * 4
+
+
+def test_centre_is_an_ema_of_the_teachers_batch_mean():
+    torch.manual_seed(0)
+    method = build_method(DINOConfig(**SMALL, local_crops=0), create_vit("vit_tiny", 16, 4, 3))
+    method.start_step(0, 10, 5)
+    views = _views(n_local=0)
+    with torch.no_grad():
+        t = method.teacher.net
+        logits = torch.cat([t["head"](c) for c in method.encode(t["encoder"], views)])
+    method(views)
+    assert torch.allclose(method.center, 0.1 * logits.mean(0, keepdim=True), atol=1e-6)
+
+
+def test_local_crop_size_scales_with_the_image():
+    assert local_crop_size(224, 16) == 96
+    assert local_crop_size(32, 4) == 16
+
+
+def test_ibot_patch_loss_counts_only_masked_positions():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]])
+    center = torch.zeros(1, 1, 5)
+    base = masked_patch_distill(s, t, mask, center, 0.1, 0.04)
+    s2 = s.clone()
+    s2[mask == 0] = torch.randn(int((mask == 0).sum()), 5)
+    assert masked_patch_distill(s2, t, mask, center, 0.1, 0.04) == pytest.approx(base.item())
+    s3 = s.clone()
+    s3[0, 0, 0] += 3.0  # one logit of a masked patch
+    assert masked_patch_distill(s3, t, mask, center, 0.1, 0.04).item() != pytest.approx(base.item())
+    # written out: per image, mean cross-entropy over its masked patches; then mean over images
+    ce = -(torch.softmax(t / 0.04, -1) * torch.log_softmax(s / 0.1, -1)).sum(-1)
+    want = ((ce[0, 0] + ce[0, 2]) / 2 + ce[1, 5]) / 2
+    assert base.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_block_masks_have_the_exact_count():
+    masks = block_masks(5, (8, 8), [0.4, 0.1, 0.5, 0.0, 0.3])
+    assert masks.sum(1).tolist() == [26, 6, 32, 0, 19]
+
+
+def reference_hog(image: np.ndarray, patch: int, cell: int, bins: int) -> np.ndarray:
+    """HOG of one channel written out pixel by pixel: Sobel gradients with reflected borders,
+    unsigned orientation bins, Gaussian window per patch, sums per cell, L2 per patch."""
+    h, w = image.shape
+    padded = np.pad(image, 1, mode="reflect")
+    coords = np.arange(patch) - (patch - 1) / 2
+    g1 = np.exp(-(coords**2) / (2 * (patch / 2) ** 2))
+    window = np.outer(g1, g1)
+    hist = np.zeros((h // cell, w // cell, bins))
+    for y in range(h):
+        for x in range(w):
+            win = padded[y : y + 3, x : x + 3]
+            gx = (win[:, 0] * [1, 2, 1]).sum() - (win[:, 2] * [1, 2, 1]).sum()
+            gy = (win[0] * [1, 2, 1]).sum() - (win[2] * [1, 2, 1]).sum()
+            angle = math.atan2(gy, gx) % math.pi
+            b = min(int(angle / math.pi * bins), bins - 1)
+            hist[y // cell, x // cell, b] += math.hypot(gx, gy) * window[y % patch, x % patch]
+    per = patch // cell
+    out = []
+    for py in range(h // patch):
+        for px in range(w // patch):
+            cells = hist[py * per : (py + 1) * per, px * per : (px + 1) * per]  # [per, per, bins]
+            vec = cells.transpose(2, 0, 1).reshape(-1)  # bins, then cells row-major
+            out.append(vec / max(np.linalg.norm(vec), 1e-12))
+    return np.stack(out)
+
+
+def test_hog_targets_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 8, 12))
+    got = hog_targets(torch.tensor(image).unsqueeze(0).float(), 4, 2, 9)[0].numpy()
+    want = np.concatenate([reference_hog(image[c], 4, 2, 9) for c in range(2)], axis=1)
+    assert got.shape == (6, 2 * 9 * 4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_hog_of_a_vertical_edge_is_all_in_the_horizontal_gradient_bin():
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., 4:] = 1.0
+    feats = hog_targets(image, 4, 2, 9)[0].view(4, 9, 4)  # patches, bins, cells
+    assert feats[:, 1:].abs().sum() == 0 and feats[:, 0].sum() > 0
+
+
+def _config(data, out, method, **fields):
+    from tests.test_contrastive import _config as base
+
+    config = base(data, out, method, **fields)
+    return config
+
+
+TINY = {
+    "dino": {**SMALL, "local_crops": 2},
+    "ibot": {**SMALL, "patch_out_dim": 128, "local_crops": 2},
+    "maskfeat": {},
+}
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot", "maskfeat"])
+def test_each_method_trains_resumes_exactly_and_exports(method, digits_folder, tmp_path):
+    whole = Trainer(_config(digits_folder, tmp_path / "whole", method, **TINY[method]))
+    whole.train()
+    parted = _config(digits_folder, tmp_path / "parted", method, **TINY[method])
+    parted.run.stop_at_step = 3
+    Trainer(parted).train()
+    parted.run.stop_at_step = 0
+    resumed = Trainer(parted, resume=True)
+    resumed.train()
+    a, b = whole.method.state_dict(), resumed.method.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    from tests.test_train import step_losses
+
+    losses = step_losses(tmp_path / "whole")
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses.values())
+    if method == "dino":
+        # last layer frozen for the first epoch (6 steps here): its weights never moved
+        fresh = Trainer(_config(digits_folder, tmp_path / "fresh", method, **TINY[method]))
+        assert torch.equal(fresh.method.head.last_v, whole.method.head.last_v)
+
+
+def _dino_run(data, out, caplog, **fields):
+    config = _config(data, out, "dino", **{**TINY["dino"], "collapse_patience": 5, **fields})
+    config.optim.epochs = 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        trainer = Trainer(config)
+        trainer.train()
+    return trainer.method.monitor.collapsed, [r.message for r in caplog.records]
+
+
+@pytest.mark.slow
+def test_dino_collapse_warning(digits_folder, tmp_path, caplog):
+    flat = {"teacher_temp": 1.0, "warmup_teacher_temp": 1.0, "student_temp": 1.0}
+    collapsed, messages = _dino_run(digits_folder, tmp_path / "flat", caplog, **flat)
+    assert collapsed and any("ln(128)" in m for m in messages)
+    healthy, messages = _dino_run(digits_folder, tmp_path / "ok", caplog)
+    assert not healthy and not any("collapse" in m for m in messages)
+
+
+@pytest.mark.parametrize("chans,bands", [(1, None), (3, None), (5, "3,1,0")])
+def test_show_attention_for_any_channel_count(tmp_path, chans, bands):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(chans)
+    for i in range(3):
+        np.save(data / f"{i}.npy", rng.random((chans, 16, 16)).astype(np.float32))
+    info = EncoderInfo(
+        model="vit_tiny", img_size=(16, 16), patch_size=4, in_chans=chans,
+        mean=[0.5] * chans, std=[0.3] * chans, embed_dim=192, pool="cls", method="none",
+    )  # fmt: skip
+    enc = save_encoder(create_vit("vit_tiny", 16, 4, chans), info, tmp_path / "enc.safetensors")
+    out = tmp_path / "attn.png"
+    args = ["show", "attention", "--encoder", str(enc), "--data", str(data), "--out", str(out)]
+    assert main(args + (["--bands", bands] if bands else [])) == 0
+    assert out.stat().st_size > 1000
