@@ -70,3 +70,18 @@ def test_two_views_differ_and_repeat_per_seed():
     assert not torch.equal(v1, v2)
     (x1, _), _, _ = views[(1, 1)]
     assert not torch.equal(v1, x1)
+
+
+def test_hue_and_saturation_survive_bicubic_overshoot():
+    # a hard-edged image: bicubic upscaling overshoots below 0, where HSV maths gives NaN
+    image = torch.zeros(3, 6, 6)
+    image[0, :, :3] = 255.0
+    image[2, 3:, :] = 255.0
+    aug = ViewAugment(crop_scale=(0.05, 0.2), jitter_prob=1.0, brightness=0.8, contrast=0.8,
+                      saturation=0.8, hue=0.2)  # fmt: skip
+    views = SeededViews(
+        ArrayImages(image[None].numpy()), augmented_view(32, [0.0] * 3, [1.0] * 3, aug), 0
+    )
+    for epoch in range(40):
+        view, _, _ = views[(epoch, 0)]
+        assert torch.isfinite(view).all(), epoch

@@ -87,7 +87,8 @@ class _InUnitRange(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         scale = image.amax().clamp_min(1e-12)
-        return self.ops(image / scale) * scale
+        # bicubic resizing overshoots below 0; hue and saturation turn negatives into NaN
+        return self.ops((image / scale).clamp_min(0.0)) * scale
 
 
 class ChannelJitter(torch.nn.Module):

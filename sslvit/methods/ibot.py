@@ -30,9 +30,10 @@ from sslvit.models.vit import forward_tokens
 @dataclass
 class IBOTConfig(DINOConfig):
     """iBOT's ViT-S/16 defaults: 8192 prototypes shared by the class and patch heads, patch
-    teacher temperature 0.04 -> 0.07, prediction ratio 0.3 +- 0.2 with block-wise masks, each
-    global view masked with probability 0.5 (the paper's `pred_ratio [0, 0.3]`), global crop
-    scale 0.14-1, 10 local crops of scale 0.05-0.4, both loss weights 1."""
+    teacher temperature 0.04 -> 0.07, prediction ratio 0.3 +- 0.2 with block-wise masks, global
+    crop scale 0.14-1, 10 local crops of scale 0.05-0.4, both loss weights 1. `mask_prob` is the
+    share of global views that get a mask at all (0.5 here: the other half is seen whole by the
+    student too, and contributes only to the class-token loss); 1.0 masks every global view."""
 
     name: str = "ibot"
     out_dim: int = 8192
