@@ -23,6 +23,7 @@ from sslvit.methods.base import Method
 from sslvit.methods.common import CollapseMonitor, world
 from sslvit.methods.registry import register
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
+from sslvit.models.heads import DINOHead
 from sslvit.models.vit import forward_tokens
 
 log = logging.getLogger("sslvit")
@@ -64,43 +65,6 @@ class DINOConfig:
     hue: float = 0.1
     grayscale_prob: float = 0.2
     collapse_patience: int = 20
-
-
-class DINOHead(nn.Module):
-    """MLP (GELU, no BatchNorm) to a bottleneck, L2 normalisation, then a weight-normalised
-    linear layer to `out_dim` prototypes whose norm is fixed to 1 with `norm_last_layer`."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        layers: int = 3,
-        norm_last_layer: bool = True,
-    ):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
-        modules: list[nn.Module] = []
-        for i in range(layers):
-            modules.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < layers - 1:
-                modules.append(nn.GELU())
-        self.mlp = nn.Sequential(*modules)
-        for m in self.mlp.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-        # weight normalisation written out: direction `last_v`, scale `last_g` (frozen at 1)
-        self.last_v = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.last_v, std=0.02)
-        self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
-        self.out_dim = out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        weight = self.last_g * F.normalize(self.last_v, dim=1)
-        return x @ weight.T
 
 
 def local_crop_size(img_size: int, patch_size: int) -> int:

@@ -17,13 +17,13 @@ from torch import nn
 from sslvit.methods.dino import (
     DINO,
     DINOConfig,
-    DINOHead,
     all_reduce_mean_,
     dino_loss,
     linear_ramp,
 )
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
+from sslvit.models.heads import DINOHead
 from sslvit.models.vit import forward_tokens
 
 

@@ -1,10 +1,12 @@
-"""Projection and prediction heads that sit on top of an encoder during pretraining.
+"""Projection, prediction and DINO heads that sit on top of an encoder during pretraining.
 
 Heads use BatchNorm as the papers do. In training a BatchNorm layer needs more than one sample
 per batch: the training loop drops the incomplete last batch, and pretraining rejects batches
 of one. Heads are never exported; evaluation uses the encoder alone, in eval mode.
 """
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 LAST_NORMS = ("none", "bn", "bn_no_affine")
@@ -46,3 +48,40 @@ class MLPHead(nn.Sequential):
             modules.append(nn.BatchNorm1d(out_dim, affine=last_norm == "bn"))
         super().__init__(*modules)
         self.out_dim = out_dim
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU, no BatchNorm) to a bottleneck, L2 normalisation, then a weight-normalised
+    linear layer to `out_dim` prototypes whose norm is fixed to 1 with `norm_last_layer`."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+        norm_last_layer: bool = True,
+    ):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
+        modules: list[nn.Module] = []
+        for i in range(layers):
+            modules.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                modules.append(nn.GELU())
+        self.mlp = nn.Sequential(*modules)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # weight normalisation written out: direction `last_v`, scale `last_g` (frozen at 1)
+        self.last_v = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.last_v, std=0.02)
+        self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        weight = self.last_g * F.normalize(self.last_v, dim=1)
+        return x @ weight.T
