@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from bench.cifar10 import cifar10_folders
@@ -39,13 +38,15 @@ SMALL = [
 ]
 
 
+def logged(run_dir: Path, key: str) -> list:
+    """Every value of `key` in the run's metrics.jsonl, in order."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r[key] for r in map(json.loads, lines) if key in r]
+
+
 def last_logged(run_dir: Path, key: str):
-    value = None
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if key in record:
-            value = record[key]
-    return value
+    values = logged(run_dir, key)
+    return values[-1] if values else None
 
 
 def main() -> None:
@@ -58,6 +59,11 @@ def main() -> None:
         "--bank", type=int, default=0, help="labelled images for the probes (0 = all 50,000)"
     )
     parser.add_argument("--set", action="append", default=[], help="overrides for every method")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep --out and evaluate finished runs in it again instead of retraining them",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -66,7 +72,8 @@ def main() -> None:
     test = open_images(test_dir, labeled=True)
     bank = train if not args.bank else Subset(train, label_subset(train.labels, args.bank // 10, 0))
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
     rows, results = [], out / "results.json"
     for name in args.methods.split(","):
         recipe = RECIPES / ("mae_tiny32.yaml" if name == "mae" else f"{name}.yaml")
@@ -81,10 +88,12 @@ def main() -> None:
                 *args.set,
             ],
         )
-        trainer = Trainer(config)
-        start = time.perf_counter()
+        finished = (out / name / "checkpoints" / "last.pt").is_file()
+        trainer = Trainer(config, resume=finished)
         trainer.train()
-        seconds = time.perf_counter() - start
+        # speed from the logged steps, so a kept run reports what its training measured
+        speeds = logged(out / name, "images_per_s")
+        seconds = trainer.total_steps * trainer.effective_batch / (sum(speeds) / len(speeds))
         info = trainer.encoder_info()
         transform = eval_transform(config.data.img_size, info.mean, info.std)
         if not rows:

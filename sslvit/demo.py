@@ -119,8 +119,10 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     print()
     print(format_table(rows, ["features", "kNN top-1", "linear top-1"]))
     for kind, label in (("knn", "kNN"), ("linear", "linear probe")):
-        verdict = "beats" if margins[kind] > 0 else "does NOT beat"
-        print(f"MAE {verdict} random weights on {label} by {margins[kind]:+.1f} points")
+        if margins[kind] > 0:
+            print(f"MAE beats random weights on {label} by {margins[kind]:+.1f} points")
+        else:
+            print(f"MAE does NOT beat random weights on {label} (margin {margins[kind]:+.1f})")
     print(f"run folder: {run_dir}  reconstructions: {figure}  encoder: {exported}")
     print(json.dumps(summary))
     return summary

@@ -1,5 +1,6 @@
 """Pictures of what an encoder learned."""
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +14,8 @@ from sslvit.methods import build_method  # noqa: E402
 from sslvit.models import create_vit  # noqa: E402
 from sslvit.train.checkpoint import load_checkpoint  # noqa: E402
 from sslvit.train.config import load_config  # noqa: E402
+
+log = logging.getLogger("sslvit")
 
 
 def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -32,6 +35,30 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
     method = build_method(config.method, encoder)
     method.load_state_dict(state["method"])
     return method.to(device).eval(), config
+
+
+def _read_some(images, n: int, transform) -> tuple[list[int], torch.Tensor]:
+    """Up to `n` images spread evenly over the set, skipping files that cannot be read.
+
+    Returns:
+        `(indices, batch)`; a warning names each skipped file. Fails only when none is readable.
+    """
+    from sslvit.data import UnreadableImageError
+
+    wanted = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long().tolist()
+    order = list(dict.fromkeys(wanted + list(range(len(images)))))
+    picks, tensors = [], []
+    for i in order:
+        if len(picks) == len(wanted):
+            break
+        try:
+            tensors.append(transform(images.read(i)))
+            picks.append(i)
+        except UnreadableImageError as err:
+            log.warning("skipped: %s", err)
+    if not tensors:
+        raise ValueError("none of the images could be read")
+    return picks, torch.stack(tensors)
 
 
 def _display(images: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -75,8 +102,8 @@ def recon_figure(
             f"{config.data.in_chans}"
         )
     transform = eval_transform(config.data.img_size, config.data.mean, config.data.std)
-    picks = torch.linspace(0, len(images) - 1, min(n_images, len(images))).round().long()
-    batch = torch.stack([transform(images.read(int(i))) for i in picks]).to(device)
+    picks, batch = _read_some(images, n_images, transform)
+    batch = batch.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     recon, hidden = method.reconstruct(batch, generator=generator)
 
@@ -177,8 +204,8 @@ def attention_figure(
         )
     size = info.img_size[0] if isinstance(info.img_size, (list, tuple)) else info.img_size
     transform = eval_transform(size, info.mean, info.std)
-    picks = torch.linspace(0, len(images) - 1, min(n_images, len(images))).round().long()
-    batch = torch.stack([transform(images.read(int(i))) for i in picks]).to(device)
+    picks, batch = _read_some(images, n_images, transform)
+    batch = batch.to(device)
     maps = cls_attention(encoder, batch).float().cpu()
     maps = torch.nn.functional.interpolate(maps, size=batch.shape[-2:], mode="nearest")
 

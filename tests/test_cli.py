@@ -102,3 +102,29 @@ def test_empty_folder_and_bad_files(tmp_path, capsys, caplog, digits_folder):
     assert main([*args, "--out", str(tmp_path / "c")]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("skipped 2 unreadable" in w for w in warnings), warnings
+
+
+def test_grey_images_evaluate_on_an_rgb_encoder(digits_folder, tmp_path, capsys):
+    from sslvit.models import EncoderInfo, create_vit, save_encoder
+
+    info = EncoderInfo(
+        model="vit_tiny", img_size=(16, 16), patch_size=4, in_chans=3,
+        mean=[33.0] * 3, std=[78.0] * 3, embed_dim=192, pool="cls", method="none",
+    )  # fmt: skip
+    enc = save_encoder(create_vit("vit_tiny", 16, 4, 3), info, tmp_path / "rgb.safetensors")
+    args = ["eval", "knn", "--encoder", str(enc), "--data", str(digits_folder)]
+    assert main([*args, "--split", "0.25", "--device", "cpu"]) == 0
+    assert last_json(capsys)["n_test"] == 30
+
+
+def test_show_skips_unreadable_files(run_dir, digits_folder, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "mixed"
+    shutil.copytree(digits_folder / "3", data)
+    (data / "000.png").write_bytes(b"")  # the first file, which a picture would pick
+    out = tmp_path / "recon.png"
+    args = ["show", "recon", "--encoder", str(run_dir), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--n", "3"]) == 0
+    assert out.stat().st_size > 1000
+    assert any("000.png" in r.message for r in caplog.records)

@@ -206,24 +206,3 @@ def test_each_method_trains_resumes_exactly_and_exports(method, digits_folder, t
 
     losses = step_losses(tmp_path / "whole")
     assert all(math.isfinite(v) for v in losses.values()) and len(losses) == 6
-
-
-def _run_simsiam(data, out, stop_gradient: bool, caplog):
-    config = _config(data, out, "simsiam", steps=36, stop_gradient=stop_gradient, proj_dim=64,
-                     pred_hidden_dim=16, collapse_patience=5)  # fmt: skip
-    config.optim.base_lr = 5e-3
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sslvit"):
-        trainer = Trainer(config)
-        trainer.train()
-    return trainer.method.monitor.collapsed, [r.message for r in caplog.records]
-
-
-@pytest.mark.slow
-def test_simsiam_without_stop_gradient_collapses_and_the_monitor_says_so(
-    digits_folder, tmp_path, caplog
-):
-    broken, messages = _run_simsiam(digits_folder, tmp_path / "broken", False, caplog)
-    assert broken and any("collapse" in m for m in messages)
-    healthy, messages = _run_simsiam(digits_folder, tmp_path / "healthy", True, caplog)
-    assert not healthy and not any("collapse" in m for m in messages)

@@ -95,7 +95,7 @@ class FolderImages:
         if check:
             names, class_names, self.in_chans = self._check(names, class_names, strict)
         else:
-            self.in_chans = read_array(self.root / names[0]).shape[0]
+            self.in_chans = self._first_readable_chans(names, strict)
 
         self.names = names
         self.paths = [self.root / name for name in names]
@@ -108,6 +108,18 @@ class FolderImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _first_readable_chans(self, names: list[str], strict: bool) -> int:
+        """Channels of the first file that decodes (bad files are the reader's to report)."""
+        error = None
+        for name in names[:50]:
+            try:
+                return read_array(self.root / name).shape[0]
+            except UnreadableImageError as err:
+                if strict:
+                    raise
+                error = error or err
+        raise error
 
     def read(self, i: int) -> torch.Tensor:
         """Item `i` as float32 `[in_chans, H, W]` in the file's native units."""

@@ -6,6 +6,7 @@ subset of the labelled training set and of the whole test set, then `evaluate_fe
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torchvision.transforms import v2
 
 from sslvit.data import Subset, label_subset
 from sslvit.data.views import eval_transform
@@ -137,20 +138,28 @@ def evaluate_encoder(
     """
     pool = pool or info.pool
     for role, images in (("training", train_images), ("test", test_images)):
-        if images.in_chans != info.in_chans:
+        grey_to_rgb = images.in_chans == 1 and info.in_chans == 3
+        if images.in_chans != info.in_chans and not grey_to_rgb:
             raise ValueError(
-                f"the {role} images have {images.in_chans} channels but the encoder expects "
+                f"the {role} images have {images.in_chans} channel(s) but the encoder expects "
                 f"{info.in_chans}"
             )
     height, width = info.img_size
     # A non-square input is resized to exactly (height, width) rather than cropped.
     size = height if height == width else (height, width)
     transform = eval_transform(size, info.mean, info.std)
+    # grey images go to an RGB encoder as R = G = B, as a mixed folder did in pretraining
+    grey_transform = v2.Compose([_grey_to_rgb, transform])
 
     def featurize(images):
-        return extract_features(encoder, images, transform, pool, batch_size, device)
+        chosen = grey_transform if images.in_chans != info.in_chans else transform
+        return extract_features(encoder, images, chosen, pool, batch_size, device)
 
     return _run(kind, train_images, test_images, labels_spec, seed, pool, featurize, options)
+
+
+def _grey_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1)
 
 
 def evaluate_pixels(

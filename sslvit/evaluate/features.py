@@ -51,14 +51,16 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     workers: int = 0,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled encoder features of every image, in the order of `images`.
 
     The encoder runs in eval mode without gradients and is moved to `device`; its training
-    mode is restored afterwards. With precision "auto" the forward passes run under bf16
-    autocast where the device computes bf16 natively (as training does); features are
-    returned in float32 either way.
+    mode is restored afterwards. Features are computed in fp32 by default: raw ViT features
+    share a large common direction, and bf16's 8-bit mantissa rounds away the small
+    differences between images that a probe needs (the demo's MAE linear probe fell from 84.1 %
+    to 75.4 % with bf16 features). "auto" uses bf16 autocast where the device computes bf16
+    natively, for speed when that loss is acceptable.
 
     Args:
         encoder: The ViT encoder.
