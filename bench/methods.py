@@ -49,6 +49,14 @@ def last_logged(run_dir: Path, key: str):
     return values[-1] if values else None
 
 
+def monitored_dim(method) -> int:
+    """Width of the embedding the collapse monitor watches (known also for a kept run)."""
+    if method.monitor.dim:
+        return method.monitor.dim
+    projector = getattr(method, "projector", None)
+    return projector.out_dim if projector is not None else method.encoder.embed_dim
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(method_names()), help="comma-separated")
@@ -109,12 +117,13 @@ def main() -> None:
                 "minutes": round(seconds / 60, 1),
                 "images_per_s": round(seen / seconds, 1),
                 "emb_std": last_logged(out / name, "emb_std"),
-                "healthy_std": 1 / trainer.method.monitor.dim**0.5,
+                "healthy_std": 1 / monitored_dim(trainer.method) ** 0.5,
                 "collapse_warning": trainer.method.monitor.collapsed,
                 **acc,
             }
         )
         results.write_text(json.dumps(rows, indent=2) + "\n")
+        print(json.dumps(rows[-1]), flush=True)
 
     print()
     print(f"CIFAR-10, ViT-Tiny 32 px patch 4 on {trainer.device}; bank {len(bank):,}, test 10,000")
