@@ -182,7 +182,10 @@ def _add_pretrain(sub) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
     )
-    p.add_argument("--config", help="recipe: a YAML file or a built-in name (mae, mae_tiny32)")
+    p.add_argument(
+        "--config",
+        help="recipe: a YAML file or a built-in name (mae, mae_tiny32, or any method's name)",
+    )
     p.add_argument(
         "--set",
         action="append",
