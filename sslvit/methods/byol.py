@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
-from sslvit.methods.common import TwoViewConfig, TwoViewMethod
+from sslvit.methods.common import MomentumTwoViewMethod, TwoViewConfig
 from sslvit.methods.registry import register
-from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.heads import MLPHead
 
 
@@ -41,7 +39,7 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register("byol")
-class BYOL(TwoViewMethod):
+class BYOL(MomentumTwoViewMethod):
     """Online encoder + projector + predictor regressing an EMA target's projections."""
 
     config_class = BYOLConfig
@@ -50,23 +48,12 @@ class BYOL(TwoViewMethod):
         super().__init__(config, encoder)
         self.projector = MLPHead(encoder.embed_dim, config.proj_hidden_dim, config.proj_dim, 2)
         self.predictor = MLPHead(config.proj_dim, config.pred_hidden_dim, config.proj_dim, 2)
-        self.teacher = EMATeacher(self._student())
-        self.momentum = config.momentum
-
-    def _student(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"encoder": self.encoder, "head": self.projector})
+        self.init_teacher()
 
     def forward(self, views) -> tuple[torch.Tensor, dict[str, float]]:
         v1, v2 = self.check_views(views)
         z1, z2 = self.projector(self.features(v1)), self.projector(self.features(v2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        with torch.no_grad():
-            t = self.teacher.net
-            t1 = t["head"](self.features(v1, t["encoder"]))
-            t2 = t["head"](self.features(v2, t["encoder"]))
+        t1, t2 = self.teacher_project(v1), self.teacher_project(v2)
         loss = regression_loss(p1, t2) + regression_loss(p2, t1)
         return loss, {"emb_std": self.monitor(z1), "momentum": self.momentum}
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.momentum = cosine_momentum(step + 1, total_steps, self.config.momentum)
-        self.teacher.update(self._student(), self.momentum)

@@ -9,9 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from sslvit.data.views import MultiView, ViewAugment, augmented_view
 from sslvit.methods.base import Method
+from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.vit import pooled_features
 
 log = logging.getLogger("sslvit")
@@ -144,6 +146,22 @@ class TwoViewConfig:
     collapse_patience: int = 20
 
 
+def view_augment(config, crop_scale, blur_prob: float, solarize_prob: float) -> ViewAugment:
+    """One view's `ViewAugment` from a method config's flip and colour fields."""
+    return ViewAugment(
+        crop_scale=tuple(crop_scale),
+        hflip=config.hflip,
+        jitter_prob=config.jitter_prob,
+        brightness=config.brightness,
+        contrast=config.contrast,
+        saturation=config.saturation,
+        hue=config.hue,
+        grayscale_prob=config.grayscale_prob,
+        blur_prob=blur_prob,
+        solarize_prob=solarize_prob,
+    )
+
+
 def two_views(config: TwoViewConfig, img_size: int, mean, std) -> MultiView:
     """The two augmented views that `config` describes."""
     return MultiView(
@@ -152,17 +170,8 @@ def two_views(config: TwoViewConfig, img_size: int, mean, std) -> MultiView:
                 img_size,
                 mean,
                 std,
-                ViewAugment(
-                    crop_scale=tuple(config.crop_scale),
-                    hflip=config.hflip,
-                    jitter_prob=config.jitter_prob,
-                    brightness=config.brightness,
-                    contrast=config.contrast,
-                    saturation=config.saturation,
-                    hue=config.hue,
-                    grayscale_prob=config.grayscale_prob,
-                    blur_prob=config.blur_prob[k],
-                    solarize_prob=config.solarize_prob[k],
+                view_augment(
+                    config, config.crop_scale, config.blur_prob[k], config.solarize_prob[k]
                 ),
             )
             for k in range(2)
@@ -200,3 +209,27 @@ class TwoViewMethod(Method):
         if views[0].shape[0] < 2:
             raise ValueError("BatchNorm in the heads needs at least 2 images per batch")
         return views[0], views[1]
+
+
+class MomentumTwoViewMethod(TwoViewMethod):
+    """A two-view method with an EMA teacher of its encoder and projector (MoCo v3, BYOL).
+
+    Subclasses set `self.projector` before calling `init_teacher()`.
+    """
+
+    def init_teacher(self) -> None:
+        self.teacher = EMATeacher(self._student())
+        self.momentum = self.config.momentum
+
+    def _student(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"encoder": self.encoder, "head": self.projector})
+
+    @torch.no_grad()
+    def teacher_project(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's projection of one batch of views."""
+        t = self.teacher.net
+        return t["head"](self.features(images, t["encoder"]))
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.momentum = cosine_momentum(step + 1, total_steps, self.config.momentum)
+        self.teacher.update(self._student(), self.momentum)

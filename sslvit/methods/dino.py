@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sslvit.data.views import MultiView, ViewAugment, augmented_view
+from sslvit.data.views import MultiView, augmented_view
 from sslvit.methods.base import Method
-from sslvit.methods.common import CollapseMonitor, world
+from sslvit.methods.common import CollapseMonitor, view_augment, world
 from sslvit.methods.registry import register
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.heads import DINOHead
@@ -201,19 +201,7 @@ class DINO(Method):
         local = c.local_size or local_crop_size(size, patch)
 
         def view(crop, scale, blur, solarize):
-            aug = ViewAugment(
-                crop_scale=tuple(scale),
-                hflip=c.hflip,
-                jitter_prob=c.jitter_prob,
-                brightness=c.brightness,
-                contrast=c.contrast,
-                saturation=c.saturation,
-                hue=c.hue,
-                grayscale_prob=c.grayscale_prob,
-                blur_prob=blur,
-                solarize_prob=solarize,
-            )
-            return augmented_view(crop, mean, std, aug)
+            return augmented_view(crop, mean, std, view_augment(c, scale, blur, solarize))
 
         views = [
             view(size, c.global_crop_scale, 1.0, 0.0),

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
-from sslvit.methods.common import TwoViewConfig, TwoViewMethod, gather, world
+from sslvit.methods.common import MomentumTwoViewMethod, TwoViewConfig, gather, world
 from sslvit.methods.registry import register
-from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.heads import MLPHead
 
 
@@ -52,7 +50,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tens
 
 
 @register("mocov3")
-class MoCoV3(TwoViewMethod):
+class MoCoV3(MomentumTwoViewMethod):
     """Query encoder + projector + predictor against a momentum encoder + projector."""
 
     config_class = MoCoV3Config
@@ -69,25 +67,14 @@ class MoCoV3(TwoViewMethod):
         self.predictor = MLPHead(
             config.proj_dim, config.pred_hidden_dim, config.proj_dim, 2, "bn_no_affine"
         )
-        self.teacher = EMATeacher(self._student())
-        self.momentum = config.momentum
-
-    def _student(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"encoder": self.encoder, "head": self.projector})
+        self.init_teacher()
 
     def forward(self, views) -> tuple[torch.Tensor, dict[str, float]]:
         v1, v2 = self.check_views(views)
         # each view is its own BatchNorm batch, as in the official code
         z1, z2 = self.projector(self.features(v1)), self.projector(self.features(v2))
         q1, q2 = self.predictor(z1), self.predictor(z2)
-        with torch.no_grad():
-            t = self.teacher.net
-            k1 = t["head"](self.features(v1, t["encoder"]))
-            k2 = t["head"](self.features(v2, t["encoder"]))
+        k1, k2 = self.teacher_project(v1), self.teacher_project(v2)
         temp = self.config.temperature
         loss = info_nce(q1, k2, temp) + info_nce(q2, k1, temp)
         return loss, {"emb_std": self.monitor(z1), "momentum": self.momentum}
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.momentum = cosine_momentum(step + 1, total_steps, self.config.momentum)
-        self.teacher.update(self._student(), self.momentum)
