@@ -141,13 +141,43 @@ def test_embedding_std_is_one_over_sqrt_d_when_spread_and_zero_when_collapsed():
     assert embedding_std(point) < 0.01 / math.sqrt(64)
 
 
-def test_collapse_monitor_warns_once_after_patience(caplog):
+def test_collapse_monitor_warns_once_when_the_window_mean_is_collapsed(caplog):
     monitor = CollapseMonitor("test", threshold=0.1, patience=3)
-    collapsed = torch.ones(32, 16)
+    spread, collapsed = torch.eye(16).repeat(2, 1), torch.ones(32, 16)
     with caplog.at_level(logging.WARNING, logger="sslvit"):
-        for _ in range(5):
+        for z in [collapsed, collapsed, spread]:  # one healthy step keeps the mean up
+            monitor(z)
+        assert not monitor.collapsed
+        for _ in range(6):
             monitor(collapsed)
     assert monitor.collapsed and sum("collapse" in r.message for r in caplog.records) == 1
+
+
+def test_heads_expose_their_output_before_the_last_batchnorm():
+    head = MLPHead(8, 16, 4, 2, last_norm="bn_no_affine").eval()
+    x = torch.randn(5, 8)
+    out, before = head.forward_pre_norm(x)
+    assert torch.allclose(out, head(x)) and torch.allclose(before, torch.nn.Sequential(*list(head)[:-1])(x))
+    plain = MLPHead(8, 16, 4, 2).eval()
+    out, before = plain.forward_pre_norm(x)
+    assert out is before and torch.allclose(out, plain(x))
+
+
+@pytest.mark.parametrize("stop_gradient", [False, True])
+def test_simsiam_without_stop_gradient_triggers_the_collapse_warning(
+    stop_gradient, digits_folder, tmp_path
+):
+    """The paper's collapse: without the stop-gradient the predictor output shrinks to a point
+    within a hundred steps; with it the same run keeps its spread and stays silent."""
+    config = _config(
+        digits_folder, tmp_path, "simsiam", steps=100, stop_gradient=stop_gradient,
+        **SMALL_HEADS["simsiam"],
+    )
+    config.optim.base_lr = 3e-3 * 256 / 20  # a peak learning rate of 3e-3
+    config.run.log_every = 10
+    trainer = Trainer(config)
+    trainer.train()
+    assert trainer.method.monitor.collapsed is (not stop_gradient)
 
 
 def test_mocov3_freezes_the_patch_projection_and_moves_its_teacher():

@@ -54,6 +54,8 @@ class MoCoV3(MomentumTwoViewMethod):
     """Query encoder + projector + predictor against a momentum encoder + projector."""
 
     config_class = MoCoV3Config
+    # both heads end in a BatchNorm, which hides a collapse; watch the tensor before it
+    watched = "predictor output before its last BatchNorm"
 
     def __init__(self, config: MoCoV3Config, encoder: VisionTransformer):
         super().__init__(config, encoder)
@@ -73,8 +75,8 @@ class MoCoV3(MomentumTwoViewMethod):
         v1, v2 = self.check_views(views)
         # each view is its own BatchNorm batch, as in the official code
         z1, z2 = self.projector(self.features(v1)), self.projector(self.features(v2))
-        q1, q2 = self.predictor(z1), self.predictor(z2)
+        (q1, before_norm), q2 = self.predictor.forward_pre_norm(z1), self.predictor(z2)
         k1, k2 = self.teacher_project(v1), self.teacher_project(v2)
         temp = self.config.temperature
         loss = info_nce(q1, k2, temp) + info_nce(q2, k1, temp)
-        return loss, {"emb_std": self.monitor(z1), "momentum": self.momentum}
+        return loss, {"emb_std": self.monitor(before_norm.detach()), "momentum": self.momentum}

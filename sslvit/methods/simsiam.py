@@ -4,7 +4,8 @@ https://arxiv.org/abs/2011.10566).
 One encoder and projector shared by both views, a bottleneck predictor, and the symmetric
 negative cosine `D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2` with a stop-gradient on the targets.
 `stop_gradient: false` removes it, which the paper shows collapses at once; the collapse
-monitor is there to catch exactly that.
+monitor is there to catch exactly that. It watches the predictor's output: the projector ends
+in a BatchNorm, which gives every dimension unit variance and so hides a collapse.
 """
 
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class SimSiam(TwoViewMethod):
     """Shared encoder + projector, predictor, stop-gradient, symmetric negative cosine."""
 
     config_class = SimSiamConfig
+    watched = "predictor output"
 
     def __init__(self, config: SimSiamConfig, encoder: VisionTransformer):
         super().__init__(config, encoder)
@@ -59,4 +61,4 @@ class SimSiam(TwoViewMethod):
         if self.config.stop_gradient:
             z1, z2 = z1.detach(), z2.detach()
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
-        return loss, {"emb_std": self.monitor(z1)}
+        return loss, {"emb_std": self.monitor(p1.detach())}

@@ -49,6 +49,21 @@ class MLPHead(nn.Sequential):
         super().__init__(*modules)
         self.out_dim = out_dim
 
+    def forward_pre_norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and the last linear layer's output before the last norm normalises it.
+
+        A last BatchNorm gives every dimension unit variance over the batch, so its output keeps
+        the look of a healthy spread even when the network collapses; the collapse monitor
+        watches the tensor before it. Without a last norm both tensors are the output.
+        """
+        modules = list(self)
+        if isinstance(modules[-1], nn.BatchNorm1d):
+            for module in modules[:-1]:
+                x = module(x)
+            return modules[-1](x), x
+        x = super().forward(x)
+        return x, x
+
 
 class DINOHead(nn.Module):
     """MLP (GELU, no BatchNorm) to a bottleneck, L2 normalisation, then a weight-normalised
