@@ -157,7 +157,8 @@ def test_heads_expose_their_output_before_the_last_batchnorm():
     head = MLPHead(8, 16, 4, 2, last_norm="bn_no_affine").eval()
     x = torch.randn(5, 8)
     out, before = head.forward_pre_norm(x)
-    assert torch.allclose(out, head(x)) and torch.allclose(before, torch.nn.Sequential(*list(head)[:-1])(x))
+    linear_part = torch.nn.Sequential(*list(head)[:-1])
+    assert torch.allclose(out, head(x)) and torch.allclose(before, linear_part(x))
     plain = MLPHead(8, 16, 4, 2).eval()
     out, before = plain.forward_pre_norm(x)
     assert out is before and torch.allclose(out, plain(x))
@@ -170,7 +171,11 @@ def test_simsiam_without_stop_gradient_triggers_the_collapse_warning(
     """The paper's collapse: without the stop-gradient the predictor output shrinks to a point
     within a hundred steps; with it the same run keeps its spread and stays silent."""
     config = _config(
-        digits_folder, tmp_path, "simsiam", steps=100, stop_gradient=stop_gradient,
+        digits_folder,
+        tmp_path,
+        "simsiam",
+        steps=100,
+        stop_gradient=stop_gradient,
         **SMALL_HEADS["simsiam"],
     )
     config.optim.base_lr = 3e-3 * 256 / 20  # a peak learning rate of 3e-3
