@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="keep --out and evaluate finished runs in it again instead of retraining them",
+        help="keep --out: evaluate finished runs in it again instead of retraining them, and keep "
+        "the rows of results.json (the random-weight row included) for methods not run now",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -83,7 +84,10 @@ def main() -> None:
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
     rows, results = [], out / "results.json"
-    for name in args.methods.split(","):
+    names = args.methods.split(",")
+    if args.keep and results.is_file():
+        rows = [r for r in json.loads(results.read_text()) if r["method"] not in names]
+    for name in names:
         recipe = RECIPES / ("mae_tiny32.yaml" if name == "mae" else f"{name}.yaml")
         config = apply_overrides(
             load_config(recipe),
@@ -104,10 +108,10 @@ def main() -> None:
         seconds = trainer.total_steps * trainer.effective_batch / (sum(speeds) / len(speeds))
         info = trainer.encoder_info()
         transform = eval_transform(config.data.img_size, info.mean, info.std)
-        if not rows:
+        if not any(row["method"] == "random weights" for row in rows):
             random_encoder = trainer.build_method().encoder
             acc = probe(random_encoder, info.pool, bank, test, transform, trainer.device)
-            rows.append({"method": "random weights", "images": 0, **acc})
+            rows.insert(0, {"method": "random weights", "images": 0, **acc})
         acc = probe(trainer.method.encoder, info.pool, bank, test, transform, trainer.device)
         seen = trainer.total_steps * trainer.effective_batch
         rows.append(
@@ -129,7 +133,8 @@ def main() -> None:
     print(f"CIFAR-10, ViT-Tiny 32 px patch 4 on {trainer.device}; bank {len(bank):,}, test 10,000")
     print(f"overrides: {' '.join(SMALL + args.set)}")
     head = (
-        f"{'method':<16}{'images':>8}{'min':>6}{'kNN':>7}{'linear':>8}{'emb std':>9}{'healthy':>9}"
+        f"{'method':<16}{'images':>8}{'img/s':>7}{'min':>6}{'kNN':>7}{'linear':>8}"
+        f"{'emb std':>9}{'healthy':>9}"
     )
     print(head + "  collapse")
     for row in rows:
