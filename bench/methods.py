@@ -12,6 +12,7 @@ set, next to the random-weight encoder every run starts from, and the final embe
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -57,6 +58,18 @@ def monitored_dim(method) -> int:
     return projector.out_dim if projector is not None else method.encoder.embed_dim
 
 
+def short_schedules(recipe, epochs: float) -> list[str]:
+    """The recipe's method schedules counted in epochs (DINO's teacher-temperature warm-up and
+    frozen last layer), shrunk by the same factor as the run: 30 of 100 epochs stays 30 %."""
+    scale = epochs / recipe.optim.epochs
+    fields = dataclasses.asdict(recipe.method)
+    return [
+        f"method.{key}={value * scale:.4g}"
+        for key, value in fields.items()
+        if key.endswith("_epochs") and value
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(method_names()), help="comma-separated")
@@ -89,12 +102,14 @@ def main() -> None:
         rows = [r for r in json.loads(results.read_text()) if r["method"] not in names]
     for name in names:
         recipe = RECIPES / ("mae_tiny32.yaml" if name == "mae" else f"{name}.yaml")
+        epochs = args.images / len(train)
         config = apply_overrides(
             load_config(recipe),
             [
                 *SMALL,
+                *short_schedules(load_config(recipe), epochs),
                 f"data.path={train_dir}",
-                f"optim.epochs={args.images / len(train)}",
+                f"optim.epochs={epochs}",
                 f"run.out={out / name}",
                 f"run.device={args.device}",
                 *args.set,
@@ -131,7 +146,7 @@ def main() -> None:
 
     print()
     print(f"CIFAR-10, ViT-Tiny 32 px patch 4 on {trainer.device}; bank {len(bank):,}, test 10,000")
-    print(f"overrides: {' '.join(SMALL + args.set)}")
+    print(f"overrides: {' '.join(SMALL + args.set)}; epoch schedules shrunk with the run")
     head = (
         f"{'method':<16}{'images':>8}{'img/s':>7}{'min':>6}{'kNN':>7}{'linear':>8}"
         f"{'emb std':>9}{'healthy':>9}"
