@@ -52,8 +52,9 @@ def last_logged(run_dir: Path, key: str):
 
 def monitored_dim(method) -> int:
     """Width of the embedding the collapse monitor watches (known also for a kept run)."""
-    if method.monitor.dim:
-        return method.monitor.dim
+    monitor = getattr(method, "spread", method.monitor)  # DINO and iBOT log a spread monitor
+    if monitor.dim:
+        return monitor.dim
     projector = getattr(method, "projector", None)
     return projector.out_dim if projector is not None else method.encoder.embed_dim
 

@@ -235,11 +235,14 @@ class DINO(Method):
         if not isinstance(views, (list, tuple)) or len(views) < 2:
             raise ValueError("DINO expects a list of views: 2 global crops, then local crops")
         globals_ = list(views[:2])
-        student = [self.head(x) for x in self.encode(self.encoder, list(views))]
+        # every view's class token through the head in one batch: one large product, not ten
+        student = list(
+            self.head(torch.cat(self.encode(self.encoder, list(views)))).chunk(len(views))
+        )
         with torch.no_grad():
             t = self.teacher.net
             t_cls = self.encode(t["encoder"], globals_)
-            teacher = [t["head"](x) for x in t_cls]
+            teacher = list(t["head"](torch.cat(t_cls)).chunk(len(t_cls)))
         temp = self.teacher_temp()
         loss = dino_loss(student, teacher, self.center, self.config.student_temp, temp)
         with torch.no_grad():

@@ -152,7 +152,9 @@ class IBOT(DINO):
         s_cls = list(cls_head(tokens[:, 0]).chunk(2))
         s_patch = list(patch_head(tokens[:, 1:]).chunk(2))
         if locals_:
-            s_cls += [cls_head(x) for x in self.encode(self.encoder, locals_)]
+            s_cls += list(
+                cls_head(torch.cat(self.encode(self.encoder, locals_))).chunk(len(locals_))
+            )
         with torch.no_grad():
             t_net = self.teacher.net
             t_cls_head, t_patch_head = self._heads(t_net)
