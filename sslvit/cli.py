@@ -133,15 +133,101 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def cmd_show(args: argparse.Namespace) -> None:
-    from sslvit.viz import attention_figure, recon_figure
+def _size(text: str) -> int | tuple[int, int]:
+    """An image size: "32" (square) or "32x48" (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 32 or 32x48")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from sslvit.evaluate.finetune import FinetuneConfig, finetune
+    from sslvit.evaluate.report import format_table
+
+    scratch = args.encoder.lower() == "none"
+    on_sample = args.data is None
+    config = FinetuneConfig(
+        **{k: v for k, v in vars(args).items() if k in FINETUNE_OPTIONS and v is not None}
+    )
+    if args.min_crop is not None:
+        config.crop_scale = (args.min_crop, 1.0)
+    if scratch and on_sample:
+        # the built-in sample is 28 px MNIST, as in `pretrain`
+        config.img_size, config.patch_size = args.img_size or 28, args.patch_size or 4
+    train, test = _eval_sets(args)
+    result = finetune(None if scratch else args.encoder, train, test, args.out, config)
+    result["data"] = args.data or "sample"
+    columns = ["kind", "labels", "n_train", "n_test", "top1", "top5", "best_top1", "best_epoch"]
+    print(format_table([result], [c for c in columns if c in result]))
+    log.info("run folder: %s", args.out)
+    print(json.dumps(result))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from sslvit.viz import attention_figure, curves_figure, embedding_figure, recon_figure
+
+    needs = {"recon": "encoder", "attention": "encoder", "embedding": "features", "curves": "run"}
+    if getattr(args, needs[args.what]) is None:
+        raise ValueError(f"show {args.what} needs --{needs[args.what]}")
     if args.what == "recon":
         out = recon_figure(args.encoder, args.out, data=args.data, n_images=args.n, seed=args.seed)
-    else:
+    elif args.what == "attention":
         bands = [int(b) for b in args.bands.split(",")] if args.bands else None
         out = attention_figure(args.encoder, args.out, data=args.data, n_images=args.n, bands=bands)
+    elif args.what == "embedding":
+        out = embedding_figure(args.features, args.out, method=args.method, seed=args.seed)
+    else:
+        out = curves_figure(args.run, args.out)
     print(out)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from sslvit.evaluate.embed import embed_folder
+
+    out = embed_folder(
+        args.encoder,
+        args.data,
+        args.out,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        strict=args.strict,
+    )
+    if out is not None:
+        print(out)
+
+
+def cmd_retrieve(args: argparse.Namespace) -> None:
+    from sslvit.evaluate.report import format_table
+    from sslvit.evaluate.retrieval import retrieve_files
+
+    result = retrieve_files(
+        args.index, args.query, args.k, args.encoder, args.out, args.batch_size, args.device
+    )
+    rows = result.pop("rows")
+    shown = [
+        {**row, "similarity": f"{row['similarity']:.4f}"} for row in rows[: args.k * args.show]
+    ]
+    print(format_table(shown, list(rows[0])))
+    if len(shown) < len(rows):
+        where = f"all in {args.out}" if args.out else "--out writes all"
+        print(f"... and {result['n_queries'] - args.show} more queries ({where})")
+    print(json.dumps(result))
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from sslvit.evaluate.cluster import cluster_file
+    from sslvit.evaluate.report import format_table
+
+    result = cluster_file(args.features, args.k, seed=args.seed, out=args.out)
+    columns = [c for c in ("n", "k", "nmi", "ari", "purity", "inertia") if c in result]
+    print(format_table([result], columns))
+    print(json.dumps(result))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -214,19 +300,98 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+FINETUNE_OPTIONS = (
+    "epochs", "batch_size", "base_lr", "layer_decay", "drop_path", "label_smoothing", "mixup",
+    "cutmix", "img_size", "model", "patch_size", "labels", "seed", "device", "precision",
+    "workers", "eval_every", "hflip",
+)  # fmt: skip
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="train a new head and the whole encoder on labels")
+    p.add_argument(
+        "--encoder", required=True, help="run folder or .safetensors, or 'none' (from scratch)"
+    )
+    p.add_argument("--data", help="labelled folder (class sub-folders); omitted: the sample")
+    p.add_argument("--test-data", help="labelled test folder with the same classes")
+    p.add_argument(
+        "--split", type=float, default=0.2, help="held-out fraction when no --test-data (0.2)"
+    )
+    p.add_argument("--labels", help="labels used for training: '10%%' or a count per class")
+    p.add_argument(
+        "--img-size",
+        type=_size,
+        help="input size, 32 or HxW; a pretrained position embedding is resized (default: the "
+        "encoder's; from scratch 224, 28 on the sample)",
+    )
+    p.add_argument("--model", choices=sorted(MODELS), help="--encoder none: size (vit_tiny)")
+    p.add_argument(
+        "--patch-size", type=int, help="--encoder none: patch side (16; 4 on the sample)"
+    )
+    p.add_argument("--epochs", type=int, help="passes over the labelled images (100)")
+    p.add_argument("--batch-size", type=int, help="images per step, capped at the labels (64)")
+    p.add_argument(
+        "--lr",
+        dest="base_lr",
+        type=float,
+        help="learning rate per 256 images of batch (1e-3, MAE's); the head's, lower layers less",
+    )
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        help="lr factor per block towards the input (0.75; 1 = none, the default from scratch)",
+    )
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate (0.1)")
+    p.add_argument("--label-smoothing", type=float, help="target mass spread over classes (0.1)")
+    p.add_argument("--mixup", type=float, help="mixup alpha, 0 = off (default; MAE used 0.8)")
+    p.add_argument("--cutmix", type=float, help="cutmix alpha, 0 = off (default; MAE used 1.0)")
+    p.add_argument(
+        "--min-crop",
+        type=float,
+        help="smallest random crop, as a share of the image's area (0.08; raise it for small "
+        "images where an 8 %% crop loses the object)",
+    )
+    p.add_argument(
+        "--no-hflip",
+        dest="hflip",
+        action="store_false",
+        default=None,
+        help="no random horizontal flips (for digits, text, or anything a mirror changes)",
+    )
+    p.add_argument("--eval-every", type=int, help="test every N epochs and at the end (1)")
+    p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits, labels and training")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
+    )
+    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
+    p.set_defaults(func=cmd_finetune)
+
+
 def _add_others(sub) -> None:
     p = sub.add_parser(
-        "show", help="pictures: recon (MAE reconstructions), attention (class-token attention)"
+        "show",
+        help="pictures: recon (MAE reconstructions), attention (class-token attention), "
+        "embedding (2-D map of a features file), curves (a run's loss and learning rate)",
     )
-    p.add_argument("what", choices=["recon", "attention"])
-    p.add_argument("--encoder", required=True, help="run folder (attention: or .safetensors)")
+    p.add_argument("what", choices=["recon", "attention", "embedding", "curves"])
+    p.add_argument("--encoder", help="recon, attention: run folder (attention: or .safetensors)")
+    p.add_argument("--features", help="embedding: features file written by `sslvit embed`")
+    p.add_argument(
+        "--method", choices=["umap", "tsne"], default="umap", help="embedding: map (umap)"
+    )
+    p.add_argument("--run", help="curves: run folder (reads its metrics.jsonl)")
     p.add_argument("--data", help="images to show; omitted: the run's data (recon), the sample")
     p.add_argument(
         "--bands", help="attention: channels shown as R,G,B for multi-band images, e.g. 3,2,1"
     )
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=8, help="number of images (rows)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks or of the map layout")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="write the encoder for timm")
@@ -242,6 +407,43 @@ def _add_others(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_features(sub) -> None:
+    p = sub.add_parser("embed", help="write the encoder's features of every file in a folder")
+    p.add_argument("--encoder", required=True, help="run folder or exported .safetensors")
+    p.add_argument("--data", required=True, help="folder of images (class sub-folders: labels)")
+    p.add_argument("--out", required=True, help="features file: .parquet (pyarrow) or .npy")
+    p.add_argument(
+        "--tokens",
+        choices=["cls", "mean", "patch"],
+        help="cls token, mean of patch tokens, or every patch token (default: the run's pool)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (256)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("retrieve", help="nearest neighbours by cosine; recall@k and mAP")
+    p.add_argument("--index", required=True, help="features file written by `sslvit embed`")
+    p.add_argument("--query", required=True, help="image, folder of images, or features file")
+    p.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--encoder", help="encoder for image queries (default: the index's)")
+    p.add_argument("--out", help="CSV of every query's neighbours (+ .json with the metrics)")
+    p.add_argument("--show", type=int, default=5, help="queries printed (default 5)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (256)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("cluster", help="k-means on embeddings; NMI, ARI, purity when labelled")
+    p.add_argument("--features", required=True, help="features file written by `sslvit embed`")
+    p.add_argument("--k", type=int, required=True, help="number of clusters")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ starts")
+    p.add_argument(
+        "--out", help="CSV path,cluster[,label] (+ .json); default FEATURES-clusters.csv"
+    )
+    p.set_defaults(func=cmd_cluster)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sslvit", description="Self-supervised pretraining of Vision Transformers."
@@ -249,7 +451,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_finetune(sub)
     _add_others(sub)
+    _add_features(sub)
     return p
 
 

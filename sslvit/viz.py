@@ -136,12 +136,7 @@ def recon_figure(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def cls_attention(encoder, images: torch.Tensor) -> torch.Tensor:
@@ -229,12 +224,7 @@ def attention_figure(
     axes[0][0].set_title("image", fontsize=9)
     for h in range(heads):
         axes[0][h + 1].set_title(f"head {h}", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def composite(images: torch.Tensor, bands: list[int] | None = None) -> torch.Tensor:
@@ -255,3 +245,143 @@ def composite(images: torch.Tensor, bands: list[int] | None = None) -> torch.Ten
     high = flat.quantile(0.98, dim=2)[..., None, None]
     scaled = ((picked - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
     return scaled.permute(0, 2, 3, 1)
+
+
+def embedding_figure(
+    features: str | Path, out: str | Path, method: str = "umap", seed: int = 0
+) -> Path:
+    """Save a 2-D map of a features file's embeddings, one dot per file, coloured by class.
+
+    The vectors are L2-normalised first, so distances on the map follow cosine similarity.
+    UMAP (`pip install 'sslvit[umap]'`) falls back to t-SNE, with a warning, when umap-learn is
+    missing; t-SNE uses scikit-learn with perplexity min(30, (N - 1) / 3).
+
+    Args:
+        features: A features file written by `sslvit embed` (one vector per file).
+        out: PNG path to write.
+        method: "umap" or "tsne".
+        seed: Seed of the map's layout.
+    """
+    from sslvit.evaluate.embed import load_embeddings
+
+    embeddings = load_embeddings(features)
+    x = torch.nn.functional.normalize(embeddings.vectors(features).float(), dim=1).numpy()
+    if len(x) < 3:
+        raise ValueError(f"{features}: a map needs at least 3 files, this one has {len(x)}")
+    points, name = _project(x, method, seed)
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    if embeddings.labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=8, color="tab:blue")
+    else:
+        classes = sorted(set(embeddings.labels))
+        colours = plt.get_cmap(
+            "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"
+        )
+        for c, cls in enumerate(classes):
+            mine = [i for i, label in enumerate(embeddings.labels) if label == cls]
+            colour = colours(c if len(classes) <= 20 else c / max(1, len(classes) - 1))
+            ax.scatter(points[mine, 0], points[mine, 1], s=8, color=colour, label=cls)
+        if len(classes) <= 20:
+            ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+    tokens = embeddings.meta.get("tokens", "?")
+    ax.set_title(f"{name} of {len(x)} embeddings ({tokens} tokens)", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, out)
+
+
+def _project(x, method: str, seed: int):
+    """`(points [N, 2], method's display name)` for normalised vectors `x` `[N, D]`."""
+    if method not in ("umap", "tsne"):
+        raise ValueError(f"unknown map method {method!r}; choose umap or tsne")
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            log.warning("umap-learn is not installed (pip install 'sslvit[umap]'): drawing t-SNE")
+        else:
+            reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1)
+            return reducer.fit_transform(x), "UMAP"
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise ValueError("t-SNE maps need scikit-learn: pip install 'sslvit[umap]'") from None
+    tsne = TSNE(2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed)
+    return tsne.fit_transform(x), "t-SNE"
+
+
+def curves_figure(run_dir: str | Path, out: str | Path) -> Path:
+    """Save a run's curves from its `metrics.jsonl`, one panel per kind of number.
+
+    Panels: the training loss per logged step (with each epoch's mean as dots), the learning
+    rate, the other numbers logged with the loss (such as the collapse monitor `emb_std`;
+    throughput is left out), and every record of another kind (evaluations) by step. Panels
+    with nothing to show are left out.
+
+    Args:
+        run_dir: A run folder.
+        out: PNG path to write.
+    """
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics here; give a run folder of `sslvit pretrain`")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}: line {n} is not JSON") from None
+
+    def series(kind: str, skip=()) -> dict[str, tuple[list, list]]:
+        found: dict[str, tuple[list, list]] = {}
+        for r in records:
+            if r.get("kind", "train") != kind or "step" not in r:
+                continue
+            for key, value in r.items():
+                if (
+                    key not in skip
+                    and isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                ):
+                    found.setdefault(key, ([], []))
+                    found[key][0].append(r["step"])
+                    found[key][1].append(value)
+        return found
+
+    fixed = ("kind", "step", "epoch")
+    train = series("train", fixed)
+    epoch_loss = series("epoch", fixed).get("loss")
+    panels = {
+        "loss": {k: v for k, v in (("loss", train.get("loss")), ("epoch mean", epoch_loss)) if v},
+        "learning rate": {"lr": train["lr"]} if "lr" in train else {},
+        "monitors": {k: v for k, v in train.items() if k not in ("loss", "lr", "images_per_s")},
+    }
+    for kind in sorted({r.get("kind") for r in records} - {"train", "epoch", None}):
+        panels[kind] = series(kind, fixed)
+    panels = {title: lines for title, lines in panels.items() if lines}
+    if not panels:
+        raise ValueError(f"{path}: no step records to draw")
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for label, (steps, values) in lines.items():
+            dots = label == "epoch mean" or len(steps) < 3
+            ax.plot(steps, values, "o" if dots else "-", markersize=3, linewidth=1, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("sslvit")
 
 
 @dataclass(frozen=True)
@@ -123,19 +126,23 @@ def parse_label_spec(spec: str | float | int | LabelSpec | None) -> LabelSpec:
 
 
 def label_subset(
-    labels: Sequence[int] | np.ndarray, spec: str | float | int | LabelSpec | None, seed: int
+    labels: Sequence[int] | np.ndarray,
+    spec: str | float | int | LabelSpec | None,
+    seed: int,
+    classes: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Indices of a stratified few-label subset.
 
     A fraction keeps `round(fraction * n_class)` items of each class, at least one; a count
-    keeps that many of each class (all of a smaller class). For one seed, smaller budgets are
-    subsets of larger ones (1% within 10% within 100%), since each class is drawn from one
-    fixed permutation.
+    keeps that many of each class, or all of a smaller class with a warning that names it. For
+    one seed, smaller budgets are subsets of larger ones (1% within 10% within 100%), since each
+    class is drawn from one fixed permutation.
 
     Args:
         labels: Class index per item, `[N]`.
         spec: Label budget, anything `parse_label_spec` accepts.
         seed: Seed of the draw.
+        classes: Class names by index, used in the warning; None names classes by index.
 
     Returns:
         Sorted int64 indices.
@@ -146,12 +153,22 @@ def label_subset(
         return np.arange(len(labels), dtype=np.int64)
 
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen, short = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         if spec.per_class is not None:
             keep = spec.per_class
+            if keep > len(members):
+                name = classes[label] if classes is not None else str(label)
+                short.append(f"{name!r} ({len(members)})")
         else:
             keep = max(1, int(math.floor(spec.fraction * len(members) + 0.5)))
         chosen.append(members[:keep])
+    if short:
+        log.warning(
+            "asked for %d labels per class; %d class(es) have fewer and are used whole: %s",
+            spec.per_class,
+            len(short),
+            ", ".join(short),
+        )
     return np.sort(np.concatenate(chosen)).astype(np.int64)

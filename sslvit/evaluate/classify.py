@@ -6,11 +6,9 @@ subset of the labelled training set and of the whole test set, then `evaluate_fe
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from torchvision.transforms import v2
 
 from sslvit.data import Subset, label_subset
-from sslvit.data.views import eval_transform
-from sslvit.evaluate.features import extract_features, pixel_features
+from sslvit.evaluate.features import encoder_transform, extract_features, pixel_features
 from sslvit.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_accuracy
 from sslvit.evaluate.linear import linear_probe
 from sslvit.models.io import EncoderInfo
@@ -84,7 +82,8 @@ def _run(kind, train_images, test_images, labels_spec, seed, pool, featurize, op
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose one of {', '.join(KINDS)}")
     n_classes = _n_classes(train_images, test_images)
-    train_images = Subset(train_images, label_subset(train_images.labels, labels_spec, seed))
+    chosen = label_subset(train_images.labels, labels_spec, seed, train_images.classes)
+    train_images = Subset(train_images, chosen)
     train_feats, train_labels = featurize(train_images)
     test_feats, test_labels = featurize(test_images)
     scores = evaluate_features(
@@ -138,28 +137,13 @@ def evaluate_encoder(
     """
     pool = pool or info.pool
     for role, images in (("training", train_images), ("test", test_images)):
-        grey_to_rgb = images.in_chans == 1 and info.in_chans == 3
-        if images.in_chans != info.in_chans and not grey_to_rgb:
-            raise ValueError(
-                f"the {role} images have {images.in_chans} channel(s) but the encoder expects "
-                f"{info.in_chans}"
-            )
-    height, width = info.img_size
-    # A non-square input is resized to exactly (height, width) rather than cropped.
-    size = height if height == width else (height, width)
-    transform = eval_transform(size, info.mean, info.std)
-    # grey images go to an RGB encoder as R = G = B, as a mixed folder did in pretraining
-    grey_transform = v2.Compose([_grey_to_rgb, transform])
+        encoder_transform(info, images.in_chans, f"the {role}")  # fail before any work
 
     def featurize(images):
-        chosen = grey_transform if images.in_chans != info.in_chans else transform
-        return extract_features(encoder, images, chosen, pool, batch_size, device)
+        transform = encoder_transform(info, images.in_chans)
+        return extract_features(encoder, images, transform, pool, batch_size, device)
 
     return _run(kind, train_images, test_images, labels_spec, seed, pool, featurize, options)
-
-
-def _grey_to_rgb(image: torch.Tensor) -> torch.Tensor:
-    return image.expand(3, -1, -1)
 
 
 def evaluate_pixels(

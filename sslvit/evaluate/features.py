@@ -5,12 +5,53 @@ from collections.abc import Callable
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from sslvit.data.views import eval_transform
+from sslvit.models.io import EncoderInfo
 from sslvit.models.vit import pooled_features, select_attention_kernel
 from sslvit.train.distributed import resolve_precision
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TOKENS = ("cls", "mean", "patch")
+
+
+def encoder_transform(
+    info: EncoderInfo, in_chans: int, role: str = "the"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eval transform that feeds images of `in_chans` channels to the encoder `info` describes.
+
+    Resize and centre-crop to the encoder's input size (a non-square input is resized to exactly
+    `(height, width)` rather than cropped), then the encoder's normalisation. Grey images go to
+    an RGB encoder as R = G = B, as a mixed folder did in pretraining.
+
+    Args:
+        info: The encoder's `EncoderInfo`.
+        in_chans: Channels of the images to transform.
+        role: Names the images in the error, e.g. "the training".
+
+    Raises:
+        ValueError: The channel count fits neither the encoder nor the grey-to-RGB rule.
+    """
+    grey_to_rgb = in_chans == 1 and info.in_chans == 3
+    if in_chans != info.in_chans and not grey_to_rgb:
+        raise ValueError(
+            f"{role} images have {in_chans} channel(s) but the encoder expects {info.in_chans}"
+        )
+    height, width = info.img_size
+    transform = eval_transform(height if height == width else (height, width), info.mean, info.std)
+    return v2.Compose([_grey_to_rgb, transform]) if grey_to_rgb else transform
+
+
+def _grey_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1)
+
+
+def _tokens(encoder: VisionTransformer, images: torch.Tensor, pool: str) -> torch.Tensor:
+    """`pooled_features` `[B, D]`, or for "patch" every patch token `[B, n_patches, D]`."""
+    if pool == "patch":
+        return encoder.forward_features(images)[:, encoder.num_prefix_tokens :]
+    return pooled_features(encoder, images, pool)
 
 
 class _Transformed(Dataset):
@@ -67,15 +108,16 @@ def extract_features(
         images: An image set (`len`, `read(i) -> [C, H, W]`, `labels`).
         transform: Maps one image `[C, H, W]` to the encoder's input `[in_chans, H', W']`,
             normally `eval_transform(...)` with the encoder's normalisation.
-        pool: "cls" or "mean" (see `pooled_features`).
+        pool: "cls" or "mean" (see `pooled_features`), or "patch" for the final normalised
+            patch tokens of each image, in row-major grid order.
         batch_size: Images per forward pass.
         device: Where the encoder runs.
         workers: DataLoader worker processes reading and transforming images.
         precision: "auto", "fp32", "bf16" or "fp16" (CUDA only).
 
     Returns:
-        `(features, labels)`: float32 `[N, embed_dim]` on the CPU, and int64 `[N]` or None when
-        the set has no labels.
+        `(features, labels)`: float32 `[N, embed_dim]` (`[N, n_patches, embed_dim]` for
+        "patch") on the CPU, and int64 `[N]` or None when the set has no labels.
     """
     was_training = encoder.training
     device = torch.device(device)
@@ -86,7 +128,7 @@ def extract_features(
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for batch in _loader(images, transform, batch_size, workers):
-                feats = pooled_features(encoder, batch.to(device, non_blocking=True), pool)
+                feats = _tokens(encoder, batch.to(device, non_blocking=True), pool)
                 chunks.append(feats.float().cpu())
     finally:
         encoder.train(was_training)

@@ -1,5 +1,7 @@
 """Evaluation results as a plain-text table and as JSON files in a run's folder."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -54,6 +56,17 @@ def format_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def format_csv(rows: list[dict]) -> str:
+    """CSV text with a header line: the keys of the first row, then one line per row."""
+    if not rows:
+        raise ValueError("no rows to write")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     """Write `result` to `run_dir/eval/NAME.json`, atomically.
 
@@ -70,10 +83,20 @@ def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     """
     if not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"result name {name!r} must be letters, digits, '.', '_' or '-'")
-    out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
+    return write_text_atomic(Path(run_dir) / "eval" / f"{name}.json", json.dumps(result, indent=2))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (plus a final newline) to `path` through a `.tmp` file and one rename.
+
+    A reader never sees a half-written file; missing parent folders are created.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
     os.replace(tmp, path)
     return path

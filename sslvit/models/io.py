@@ -55,9 +55,9 @@ class EncoderInfo:
                 f"for {self.in_chans} channels"
             )
 
-    def build(self) -> VisionTransformer:
-        """A randomly initialised encoder of this geometry."""
-        return create_vit(self.model, self.img_size, self.patch_size, self.in_chans)
+    def build(self, drop_path: float = 0.0) -> VisionTransformer:
+        """A randomly initialised encoder of this geometry, with stochastic depth `drop_path`."""
+        return create_vit(self.model, self.img_size, self.patch_size, self.in_chans, drop_path)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -115,15 +115,21 @@ def load_info(path: str | Path) -> EncoderInfo:
         raise ValueError(f"{sidecar_path(weights)}: not a valid encoder sidecar ({err})") from err
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu"):
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", drop_path: float = 0.0):
     """Rebuild an encoder from a run folder or a `.safetensors` file.
+
+    Args:
+        path: Run folder or `.safetensors` file with its JSON sidecar.
+        device: Where the encoder goes.
+        drop_path: Stochastic depth rate of the rebuilt encoder (0 for evaluation; fine-tuning
+            sets it).
 
     Returns:
         `(encoder, info)`: the encoder in eval mode on `device`, and its `EncoderInfo`.
     """
     info = load_info(path)
     weights = resolve_encoder_path(path)
-    encoder = info.build()
+    encoder = info.build(drop_path)
     try:
         state = load_file(str(weights))
         encoder.load_state_dict(state, strict=True)

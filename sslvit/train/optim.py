@@ -19,15 +19,16 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_names: set[str]
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        if param.ndim <= 1 or leaf in no_decay_names:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        (no_decay if skips_weight_decay(name, param, no_decay_names) else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay, "base_weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "base_weight_decay": 0.0},
     ]
+
+
+def skips_weight_decay(name: str, param: torch.Tensor, no_decay_names: set[str]) -> bool:
+    """Whether a parameter is exempt from weight decay: 1-D, or its last name part is listed."""
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names
 
 
 def cosine_schedule(
@@ -42,5 +43,57 @@ def cosine_schedule(
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to `lr` times the group's `lr_scale` (default 1)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def layer_decay_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_names: set[str],
+    layer_of,
+    n_layers: int,
+    layer_decay: float,
+) -> list[dict]:
+    """Parameter groups with layer-wise learning-rate decay (BEiT, Bao et al., 2022).
+
+    A parameter in layer `l` (0 = input, `n_layers` = top) trains at `layer_decay ** (n_layers
+    - l)` times the scheduled learning rate, so layers near the input move least. Weight decay
+    follows `skips_weight_decay`, as in `param_groups`.
+
+    Args:
+        model: The network.
+        weight_decay: Decay of the parameters that take it.
+        no_decay_names: Last name parts exempt from decay (see `skips_weight_decay`).
+        layer_of: Maps a parameter name to its layer, 0..n_layers.
+        n_layers: Index of the top layer.
+        layer_decay: Factor per layer, in (0, 1]; 1 gives every layer the same rate.
+
+    Returns:
+        One AdamW group per (layer, decayed or not) that has parameters; each carries
+        `lr_scale` (read by `set_learning_rate`), `layer` and `base_weight_decay`.
+    """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer decay {layer_decay}: must lie in (0, 1]")
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layer_of(name)
+        if not 0 <= layer <= n_layers:
+            raise ValueError(f"parameter {name}: layer {layer} is outside 0..{n_layers}")
+        decayed = not skips_weight_decay(name, param, no_decay_names)
+        wd = weight_decay if decayed else 0.0
+        group = groups.setdefault(
+            (layer, decayed),
+            {
+                "params": [],
+                "weight_decay": wd,
+                "base_weight_decay": wd,
+                "lr_scale": layer_decay ** (n_layers - layer),
+                "layer": layer,
+            },
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
