@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -123,14 +124,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     result["encoder"] = str(args.encoder)
     result["data"] = args.data or "sample"
+    if args.test_data is not None:
+        result["test_data"] = args.test_data
+    elif args.data is not None:
+        result["test_split"] = args.split
     columns = [
         c for c in ("kind", "pool", "labels", "n_train", "n_test", "top1", "top5") if c in result
     ]
     print(format_table([result], columns))
     run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
-    saved = save_result(run_dir, args.kind, result)
+    saved = save_result(run_dir, _result_name(args), result)
     log.info("saved %s", saved)
     print(json.dumps(result))
+
+
+def _result_name(args: argparse.Namespace) -> str:
+    """`knn`, or `linear-10pct-seed0` for a label budget: one file per protocol, not per kind."""
+    name = args.kind
+    if args.labels:
+        budget = str(args.labels).strip().replace("%", "pct").replace(".", "p")
+        name += f"-{re.sub(r'[^A-Za-z0-9_.-]', '', budget)}-seed{args.seed}"
+    return name
 
 
 def _size(text: str) -> int | tuple[int, int]:

@@ -40,7 +40,8 @@ def test_eval_prints_table_then_json(run_dir, digits_folder, capsys, kind):
     result = last_json(capsys)
     assert result["kind"] == kind and result["n_test"] == 30 and result["n_train"] == 50
     assert 0.0 <= result["top1"] <= 100.0
-    assert json.loads((run_dir / "eval" / f"{kind}.json").read_text())["top1"] == result["top1"]
+    saved = json.loads((run_dir / "eval" / f"{kind}-50pct-seed0.json").read_text())
+    assert saved["top1"] == result["top1"] and saved["test_split"] == 0.25
 
 
 def test_show_recon(run_dir, digits_folder, tmp_path):
