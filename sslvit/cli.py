@@ -34,7 +34,8 @@ def build_config(args: argparse.Namespace):
     from sslvit.train.config import Config, apply_overrides, load_config
 
     if args.resume:
-        saved = Path(args.out) / "config.yaml"
+        out = args.out or Config().run.out
+        saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"{saved}: nothing to resume (no config.yaml in --out)")
         # a resumed run keeps its own config; only how it executes may change
@@ -42,7 +43,32 @@ def build_config(args: argparse.Namespace):
         for item in args.set:
             if not item.startswith(allowed) or item.startswith("run.out="):
                 raise ValueError(f"--set {item}: only run.* and data.workers can change on resume")
-        return apply_overrides(load_config(saved), args.set)
+        fixed = {
+            "--config": args.config,
+            "--data": args.data,
+            "--method": args.method,
+            "--model": args.model,
+            "--img-size": args.img_size,
+            "--patch-size": args.patch_size,
+            "--epochs": args.epochs,
+            "--batch-size": args.batch_size,
+            "--base-lr": args.base_lr,
+            "--seed": args.seed,
+        }
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: a resumed run keeps the settings in {saved}; only "
+                "--device, --precision, --workers and --set run.* can change"
+            )
+        # the folder given is the run, wherever it was first written (a moved or copied run)
+        run = [f"run.out={json.dumps(str(out))}"]
+        for name, value in (("device", args.device), ("precision", args.precision)):
+            if value is not None:
+                run.append(f"run.{name}={json.dumps(value)}")
+        if args.workers is not None:
+            run.append(f"data.workers={args.workers}")
+        return apply_overrides(load_config(saved), run + list(args.set))
 
     config = load_config(_recipe_path(args.config)) if args.config else Config()
     named = {
@@ -80,7 +106,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         try:
             figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", device=trainer.device)
             log.info("reconstructions: %s", figure)
-        except UnreadableImageError as err:
+        except (UnreadableImageError, ValueError) as err:
+            # the run itself is done and saved; a picture that cannot be drawn does not undo it
             log.warning("no reconstruction picture: %s", err)
 
 
@@ -138,6 +165,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What to type next after Ctrl-C, for the command that was stopped."""
+    if args.func is cmd_demo:
+        return "run `sslvit demo` again to continue the run from its last checkpoint"
+    if args.func is cmd_pretrain:
+        from sslvit.train.config import Config
+
+        out = Path(getattr(args, "out", None) or Config().run.out)
+        if (out / "checkpoints" / "last.pt").is_file():
+            return f"the last checkpoint is kept; continue with --out {out} --resume"
+        return "no checkpoint was written yet; run the same command again (without --resume)"
+    return "stopped"
+
+
 def _result_name(args: argparse.Namespace) -> str:
     """`knn`, or `linear-10pct-seed0` for a label budget: one file per protocol, not per kind."""
     name = args.kind
@@ -177,6 +218,43 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     result["data"] = args.data or "sample"
     columns = ["kind", "labels", "n_train", "n_test", "top1", "top5", "best_top1", "best_epoch"]
     print(format_table([result], [c for c in columns if c in result]))
+    log.info("run folder: %s", args.out)
+    print(json.dumps(result))
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from sslvit.data.masks import SegmentationPairs
+    from sslvit.evaluate.report import format_table
+    from sslvit.evaluate.segment import SegmentConfig, segment
+
+    if (args.test_images is None) != (args.test_masks is None):
+        raise ValueError("--test-images and --test-masks go together")
+    config = SegmentConfig(
+        **{k: v for k, v in vars(args).items() if k in SEGMENT_OPTIONS and v is not None}
+    )
+    if args.unfreeze and args.unfreeze_epochs is None:
+        config.unfreeze_epochs = config.epochs
+    if args.min_crop is not None:
+        config.crop_scale = (args.min_crop, 1.0)
+    if args.ignore_index is not None and args.ignore_index < 0:
+        config.ignore_index = None
+    train = SegmentationPairs(args.images, args.masks, strict=args.strict)
+    if args.test_images is not None:
+        test = SegmentationPairs(args.test_images, args.test_masks, strict=args.strict)
+    else:
+        log.info(
+            "no --test-images: holding out a random %s of the pairs as the test set", args.split
+        )
+        train, test = train.split(args.split, args.seed)
+    scratch = args.encoder.lower() == "none"
+    result = segment(None if scratch else args.encoder, train, test, args.out, config)
+    columns = ["kind", "n_train", "n_test", "n_classes", "miou", "pixel_acc", "best_miou"]
+    print(format_table([result], columns))
+    print(
+        format_table(
+            [{"class": k, "iou": v} for k, v in result["per_class_iou"].items()], ["class", "iou"]
+        )
+    )
     log.info("run folder: %s", args.out)
     print(json.dumps(result))
 
@@ -386,6 +464,85 @@ def _add_finetune(sub) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
+SEGMENT_OPTIONS = (
+    "epochs", "unfreeze_epochs", "batch_size", "lr", "encoder_lr_scale", "img_size", "model",
+    "patch_size", "ignore_index", "seed", "device", "precision", "workers", "eval_every", "hflip",
+)  # fmt: skip
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="train a segmentation decoder on the encoder, score mIoU")
+    p.add_argument(
+        "--encoder", required=True, help="run folder or .safetensors, or 'none' (from scratch)"
+    )
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument(
+        "--masks",
+        required=True,
+        help="folder of index masks (8-bit grey or palette PNGs, one class index per pixel), "
+        "paired with the images by file stem",
+    )
+    p.add_argument("--test-images", help="folder of test images")
+    p.add_argument("--test-masks", help="folder of the test images' masks")
+    p.add_argument(
+        "--split", type=float, default=0.2, help="held-out fraction when no --test-images (0.2)"
+    )
+    p.add_argument(
+        "--img-size",
+        type=_size,
+        help="model input, 32 or HxW; images are resized to it (default: the encoder's; from "
+        "scratch 224)",
+    )
+    p.add_argument("--model", choices=sorted(MODELS), help="--encoder none: size (vit_tiny)")
+    p.add_argument("--patch-size", type=int, help="--encoder none: patch side (16)")
+    p.add_argument("--epochs", type=int, help="stage one: epochs with the encoder frozen (30)")
+    p.add_argument(
+        "--unfreeze-epochs",
+        type=int,
+        help="stage two: epochs training the encoder too (default 0; --unfreeze: as --epochs)",
+    )
+    p.add_argument(
+        "--unfreeze", action="store_true", help="add stage two (encoder trained, lower lr)"
+    )
+    p.add_argument(
+        "--lr", type=float, help="decoder's peak learning rate, not scaled by the batch (1e-3)"
+    )
+    p.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        help="stage two: the encoder's learning rate as a share of the decoder's (0.1)",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        help="mask value left out of loss and metrics, e.g. 11 for CamVid's void; -1 = none "
+        "(255). Masks holding only 0 and 255 are read as binary",
+    )
+    p.add_argument("--batch-size", type=int, help="images per step, capped at the pairs (8)")
+    p.add_argument(
+        "--min-crop", type=float, help="smallest random crop, as a share of the image (0.25)"
+    )
+    p.add_argument(
+        "--no-hflip",
+        dest="hflip",
+        action="store_false",
+        default=None,
+        help="no random horizontal flips",
+    )
+    p.add_argument("--eval-every", type=int, help="test every N epochs and at each stage end (1)")
+    p.add_argument("--out", default="runs/segment", help="run folder (default runs/segment)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and crops")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
+    )
+    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable image")
+    p.set_defaults(func=cmd_segment)
+
+
 def _add_others(sub) -> None:
     p = sub.add_parser(
         "show",
@@ -466,6 +623,7 @@ def parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_finetune(sub)
+    _add_segment(sub)
     _add_others(sub)
     _add_features(sub)
     return p
@@ -491,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslvit: stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("sslvit: interrupted; resume with --resume", file=sys.stderr)
+        print(f"sslvit: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     return 0
 

@@ -95,10 +95,12 @@ def recon_figure(
     method, config = load_method(run_dir, device)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"{run_dir}: method {config.method.name!r} does not reconstruct pixels")
-    images = open_images(data or config.data.path or "sample:test", labeled=False, check=False)
+    source = data or config.data.path or "sample:test"
+    # read at the run's channel count: files that do not fit are skipped with a warning
+    images = open_images(source, labeled=False, check=False, in_chans=config.data.in_chans)
     if images.in_chans != config.data.in_chans:
         raise ValueError(
-            f"{data}: images have {images.in_chans} channels, the run was trained on "
+            f"{source}: images have {images.in_chans} channels, the run was trained on "
             f"{config.data.in_chans}"
         )
     transform = eval_transform(config.data.img_size, config.data.mean, config.data.std)
@@ -192,10 +194,11 @@ def attention_figure(
     from sslvit.models import load_encoder
 
     encoder, info = load_encoder(encoder_path, device)
-    images = open_images(data or "sample:test", labeled=False, check=False)
+    source = data or "sample:test"
+    images = open_images(source, labeled=False, check=False, in_chans=info.in_chans)
     if images.in_chans != info.in_chans:
         raise ValueError(
-            f"{data}: images have {images.in_chans} channels, the encoder takes {info.in_chans}"
+            f"{source}: images have {images.in_chans} channels, the encoder takes {info.in_chans}"
         )
     size = info.img_size[0] if isinstance(info.img_size, (list, tuple)) else info.img_size
     transform = eval_transform(size, info.mean, info.std)
@@ -295,6 +298,10 @@ def _project(x, method: str, seed: int):
     """`(points [N, 2], method's display name)` for normalised vectors `x` `[N, D]`."""
     if method not in ("umap", "tsne"):
         raise ValueError(f"unknown map method {method!r}; choose umap or tsne")
+    if method == "umap" and len(x) < 10:
+        # UMAP's spectral start fails on a handful of points; t-SNE copes
+        log.warning("%d files are too few for UMAP: drawing t-SNE", len(x))
+        method = "tsne"
     if method == "umap":
         try:
             import umap

@@ -69,6 +69,20 @@ def test_resume_of_a_finished_run_changes_nothing(run_dir):
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
 
 
+def test_resume_continues_the_folder_given_even_when_copied(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "figures" / "recon.png").unlink()
+    original = (run_dir / "figures" / "recon.png").stat().st_mtime_ns
+    assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu"]) == 0
+    assert (copy / "figures" / "recon.png").is_file()  # written in the copy, not the original
+    assert (run_dir / "figures" / "recon.png").stat().st_mtime_ns == original
+    assert main(["pretrain", "--out", str(copy), "--resume", "--epochs", "5"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -78,6 +92,8 @@ def test_resume_of_a_finished_run_changes_nothing(run_dir):
         (["pretrain", "--img-size", "30", "--patch-size", "4"], "not divisible"),
         (["pretrain", "--config", "no_such_recipe"], "no_such_recipe"),
         (["eval", "knn", "--encoder", "/no/such/run"], "/no/such/run"),
+        (["pretrain", "--epochs", "0"], "optim.epochs"),
+        (["pretrain", "--batch-size", "0"], "optim.batch_size"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
@@ -85,6 +101,19 @@ def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_an_odd_first_file_does_not_stop_the_pictures(tmp_path, digits_folder):
+    import numpy as np
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for png in sorted(digits_folder.rglob("*.png"))[:40]:
+        (mixed / f"{png.parent.name}_{png.name}").write_bytes(png.read_bytes())
+    np.save(mixed / "aa.npy", np.zeros((5, 16, 16), np.float32))  # first in sort order
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(mixed), "--out", str(out), *TINY]) == 0
+    assert (out / "figures" / "recon.png").stat().st_size > 1000
 
 
 def test_empty_folder_and_bad_files(tmp_path, capsys, caplog, digits_folder):

@@ -222,6 +222,17 @@ def test_retrieve_with_images_uses_the_recorded_encoder(features, digits_folder,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_queries"] == 12
 
 
+def test_retrieve_warns_when_index_and_queries_come_from_different_tokens(
+    features, run_dir, digits_folder, tmp_path, caplog
+):
+    cls = tmp_path / "cls.npy"
+    assert main(["embed", "--encoder", str(run_dir), "--data", str(digits_folder / "7"),
+                 "--out", str(cls), "--tokens", "cls", "--device", "cpu"]) == 0  # fmt: skip
+    with caplog.at_level("WARNING", logger="sslvit"):
+        assert main(["retrieve", "--index", str(features), "--query", str(cls), "--k", "3"]) == 0
+    assert any("tokens mean" in r.message and "cls" in r.message for r in caplog.records)
+
+
 def test_cluster_writes_assignments_and_scores(features, tmp_path, capsys):
     out = tmp_path / "clusters.csv"
     args = ["cluster", "--features", str(features), "--k", "10", "--out", str(out)]

@@ -52,6 +52,8 @@ class FolderImages:
         labels_csv: A CSV with a header and columns `path,label` (path relative to `root`);
             when given, it lists the images and their classes instead of the folder tree.
             Classes are sorted numerically when all labels are integers, else as text.
+        in_chans: With `check=False`, the channel count to read images at (e.g. an encoder's)
+            instead of the first file's; files that cannot be matched to it are unreadable.
 
     Attributes:
         root: The folder given.
@@ -75,6 +77,7 @@ class FolderImages:
         strict: bool = False,
         check: bool = True,
         labels_csv: str | Path | None = None,
+        in_chans: int | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.exists():
@@ -94,6 +97,8 @@ class FolderImages:
         self.skipped: list[tuple[str, str]] = []
         if check:
             names, class_names, self.in_chans = self._check(names, class_names, strict)
+        elif in_chans is not None:
+            self.in_chans = in_chans
         else:
             self.in_chans = self._first_readable_chans(names, strict)
 
@@ -164,7 +169,11 @@ class FolderImages:
 
 
 def open_images(
-    spec: str | Path, labeled: bool | None = None, strict: bool = False, check: bool = True
+    spec: str | Path,
+    labeled: bool | None = None,
+    strict: bool = False,
+    check: bool = True,
+    in_chans: int | None = None,
 ) -> ImageSet:
     """Open the image set named on the command line.
 
@@ -175,6 +184,7 @@ def open_images(
         strict: As for `FolderImages`.
         check: As for `FolderImages`; False skips decoding every file up front (for a few
             pictures of a folder that was already checked).
+        in_chans: As for `FolderImages` (folders only).
 
     Returns:
         An image set (`FolderImages` or `ArrayImages`).
@@ -188,7 +198,7 @@ def open_images(
         if labeled is False:
             return ArrayImages(images.array, names=images.names)
         return images
-    return FolderImages(spec, labeled=labeled, strict=strict, check=check)
+    return FolderImages(spec, labeled=labeled, strict=strict, check=check, in_chans=in_chans)
 
 
 def _probe_all(paths: list[Path]) -> list[tuple[int | None, str | None]]:

@@ -186,6 +186,18 @@ def retrieve_files(
             f"{query}: features have {query_feats.shape[1]} dimensions, the index {index_path} "
             f"has {index_feats.shape[1]}; embed both with the same encoder"
         )
+    for key in ("encoder", "tokens"):
+        mine, theirs = index.meta.get(key), queries.meta.get(key)
+        if mine and theirs and mine != theirs:
+            log.warning(
+                "%s: the index was embedded with %s %s, the queries (%s) with %s: similarities "
+                "between different feature spaces mean little",
+                index_path,
+                key,
+                mine,
+                query,
+                theirs,
+            )
     positions = {key: j for j, key in enumerate(index.keys())}
     exclude = torch.tensor([positions.get(key, -1) for key in queries.keys()], dtype=torch.long)
     try:

@@ -135,6 +135,43 @@ def forward_tokens(
     Returns:
         `[B, 1 + N, D]`: the class token, then the patch tokens in row-major order.
     """
+    x = _embed(encoder, images, mask, mask_token)
+    return encoder.norm(encoder.blocks(x))
+
+
+def block_tokens(
+    encoder: VisionTransformer, images: torch.Tensor, blocks: list[int]
+) -> list[torch.Tensor]:
+    """The tokens after each of the listed blocks, through the encoder's final norm.
+
+    Images of any size, as in `forward_tokens`; the blocks after the last listed one are not
+    run. The final LayerNorm is applied to every output, so features of different depths come
+    on one scale (DINOv2's choice for its dense evaluations).
+
+    Args:
+        encoder: A timm ViT with a class token.
+        images: `[B, C, H, W]`, H and W divisible by the patch size.
+        blocks: Block indices, 0-based, ascending.
+
+    Returns:
+        One `[B, 1 + N, D]` tensor per listed block, in the order given.
+    """
+    wanted = set(blocks)
+    x, out = _embed(encoder, images), {}
+    for i, block in enumerate(encoder.blocks[: max(blocks) + 1]):
+        x = block(x)
+        if i in wanted:
+            out[i] = encoder.norm(x)
+    return [out[i] for i in blocks]
+
+
+def _embed(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Patch embedding, optional masking, class token and positions: `[B, 1 + N, D]`."""
     patch = encoder.patch_embed
     x = patch.proj(images)  # [B, D, h, w]
     grid = tuple(x.shape[-2:])
@@ -151,8 +188,7 @@ def forward_tokens(
         )
     cls = (encoder.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x + pos[:, 1:]], dim=1)
-    x = encoder.blocks(encoder.norm_pre(x))
-    return encoder.norm(x)
+    return encoder.norm_pre(x)
 
 
 def pooled_features(encoder: VisionTransformer, images: torch.Tensor, pool: str) -> torch.Tensor:

@@ -67,6 +67,22 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 0.0
 
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        limits = [
+            ("epochs", self.epochs > 0, "above 0"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("accum_steps", self.accum_steps >= 1, "at least 1"),
+            ("base_lr", self.base_lr > 0, "above 0"),
+            ("min_lr", self.min_lr >= 0, "at least 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "at least 0"),
+            ("weight_decay", self.weight_decay >= 0, "at least 0"),
+            ("clip_grad", self.clip_grad >= 0, "at least 0 (0 = off)"),
+        ]
+        for name, ok, rule in limits:
+            if not ok:
+                raise ValueError(f"optim.{name} = {getattr(self, name)}: must be {rule}")
+
 
 @dataclass
 class RunConfig:

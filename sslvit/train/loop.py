@@ -87,6 +87,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, resume: bool = False):
+        config.optim.check()
         self.config = config
         self.device = resolve_device(config.run.device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -122,7 +123,10 @@ class Trainer:
     def _check_run_dir(self, resume: bool):
         if resume:
             if not self.ckpt_path.is_file():
-                raise FileNotFoundError(f"{self.ckpt_path}: no checkpoint to resume from")
+                raise FileNotFoundError(
+                    f"{self.ckpt_path}: no checkpoint to resume from (a run stopped before its "
+                    "first checkpoint starts again with the same command without --resume)"
+                )
             return load_checkpoint(self.ckpt_path)
         if self.ckpt_path.exists():
             raise FileExistsError(
