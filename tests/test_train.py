@@ -1,11 +1,13 @@
 """The training loop: loss falls on real data, exact resume, atomic checkpoints, bad losses."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
-from sslvit.train.checkpoint import load_checkpoint
+from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
 from sslvit.train.config import Config
 from sslvit.train.loop import NonFiniteLossError, Trainer, pretrain
 
@@ -133,3 +135,20 @@ def test_loss_falls_on_real_digits(tmp_path):
     first = sum(losses[s] for s in range(1, 6)) / 5
     last = sum(losses[s] for s in range(26, 31)) / 5
     assert last < 0.7 * first, (first, last)
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path, monkeypatch):
+    # torch's zip writer would turn an interrupt inside it into an unrelated RuntimeError
+    real_save = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now, in the middle of the write
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    state = {"w": torch.randn(100, 100)}
+    path = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(state, path)
+    assert torch.equal(load_checkpoint(path)["w"], state["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

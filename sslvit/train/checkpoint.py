@@ -1,7 +1,10 @@
 """Atomic checkpoints and the random-number state that exact resume needs."""
 
+import contextlib
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +15,42 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write `state` to `path` so that a crash at any moment leaves the old file intact.
 
     The state goes to a temporary file in the same folder, is flushed to disk, and only then
-    replaces `path` in one rename.
+    replaces `path` in one rename. A Ctrl-C during the write is held until the checkpoint is
+    complete, then raised as usual.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    with _interrupts_deferred():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            # a failed write (a full disk, a kill) leaves no half-written file behind
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT for the duration of the block and raise KeyboardInterrupt after it.
+
+    torch's zip writer turns an interrupt raised inside it into an unrelated RuntimeError, so
+    the interrupt waits for the (short) write to finish instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
     finally:
-        # an interrupted write (Ctrl-C, a full disk) leaves no half-written file behind
-        tmp.unlink(missing_ok=True)
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def load_checkpoint(path: str | Path) -> dict:
