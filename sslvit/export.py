@@ -9,7 +9,10 @@ sidecar the `EncoderInfo` fields. A user without sslvit rebuilds the encoder wit
                               num_classes=0)
     model.load_state_dict(safetensors.torch.load_file("encoder.safetensors"), strict=True)
 
-and feeds it images normalised with the sidecar's `mean` and `std`.
+and feeds it images normalised with the sidecar's `mean` and `std`. An encoder with band groups
+(`band_groups` > 0 in the sidecar) has a patch embedding of sslvit's own; timm builds it when
+also given `embed_layer=sslvit.models.band_groups.grouped_embed_layer(info["band_groups"])`, so
+sslvit must be installed to load it.
 """
 
 from pathlib import Path
@@ -35,6 +38,7 @@ def check_timm_loadable(state: dict[str, torch.Tensor], info: EncoderInfo) -> No
             patch_size=info.patch_size,
             in_chans=info.in_chans,
             num_classes=0,
+            **info.timm_options(),
         )
     try:
         model.load_state_dict(state, strict=True, assign=True)

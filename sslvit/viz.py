@@ -10,6 +10,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from sslvit.data import eval_transform, open_images  # noqa: E402
+from sslvit.data.bands import (  # noqa: E402
+    band_names_of,
+    check_encoder_bands,
+    default_composite,
+    resolve_bands,
+    select_bands,
+)
 from sslvit.methods import build_method  # noqa: E402
 from sslvit.models import create_vit  # noqa: E402
 from sslvit.train.checkpoint import load_checkpoint  # noqa: E402
@@ -30,7 +37,11 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
     config = load_config(run_dir / "config.yaml")
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     encoder = create_vit(
-        config.model.name, config.data.img_size, config.model.patch_size, config.data.in_chans
+        config.model.name,
+        config.data.img_size,
+        config.model.patch_size,
+        config.data.in_chans,
+        band_groups=config.model.band_groups,
     )
     method = build_method(config.method, encoder)
     method.load_state_dict(state["method"])
@@ -61,13 +72,22 @@ def _read_some(images, n: int, transform) -> tuple[list[int], torch.Tensor]:
     return picks, torch.stack(tensors)
 
 
-def _display(images: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Images `[B, C, H, W]` in native units to `[B, H, W, 3 or 1]` in [0, 1] for plotting."""
-    if images.shape[1] not in (1, 3):
-        images = images[:, :3] if images.shape[1] > 3 else images[:, :1]
-        low, high = low[:, : images.shape[1]], high[:, : images.shape[1]]
-    scaled = ((images - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
-    return scaled.permute(0, 2, 3, 1)
+def _chosen_bands(images, encoder_bands: list[str] | None, source: str):
+    """`images` read with the bands an encoder was trained on, checked; invalid pixels stay NaN."""
+    images = select_bands(images, encoder_bands, source)
+    check_encoder_bands(band_names_of(images), encoder_bands, source)
+    return images
+
+
+def _show(ax, picture: torch.Tensor) -> None:
+    """Draw one `[H, W, 1 or 3]` picture in [0, 1] without ticks."""
+    picture = picture.numpy()
+    if picture.shape[-1] == 1:
+        ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(picture)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def recon_figure(
@@ -77,13 +97,15 @@ def recon_figure(
     n_images: int = 8,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    bands: str | list[int | str] | None = None,
 ) -> Path:
     """Save originals, masked inputs and MAE reconstructions side by side.
 
     Each row is one image: the original, the visible patches (hidden ones grey), the
     reconstruction, and the reconstruction with the visible patches pasted back. Pixels are
-    un-normalised to the data's units and stretched by each original's own range, so all four
-    panels share one scale; grey images stay grey.
+    un-normalised to the data's units and drawn as `composite` draws them, every panel with the
+    original's stretch; pixels invalid (no-data) in the original are black in every panel.
+    The data is read with the run's bands.
 
     Args:
         run_dir: A run folder of an MAE run.
@@ -91,13 +113,23 @@ def recon_figure(
         data: Images to show; None for the run's own data.
         n_images: Rows of the figure, drawn evenly across the data.
         seed: Seed of the masks.
+        device: Where the model runs.
+        bands: The run's bands drawn as red, green, blue (see `composite_bands`).
     """
     method, config = load_method(run_dir, device)
     if not hasattr(method, "reconstruct"):
         raise ValueError(f"{run_dir}: method {config.method.name!r} does not reconstruct pixels")
     source = data or config.data.path or "sample:test"
     # read at the run's channel count: files that do not fit are skipped with a warning
-    images = open_images(source, labeled=False, check=False, in_chans=config.data.in_chans)
+    images = open_images(
+        source,
+        labeled=False,
+        check=False,
+        in_chans=None if config.data.bands else config.data.in_chans,
+        window=config.data.window,
+        slice_axis=config.data.slice_axis,
+    )
+    images = _chosen_bands(images, config.data.bands, source)
     if images.in_chans != config.data.in_chans:
         raise ValueError(
             f"{source}: images have {images.in_chans} channels, the run was trained on "
@@ -111,33 +143,28 @@ def recon_figure(
 
     mean = torch.tensor(config.data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(config.data.std, device=device).view(1, -1, 1, 1)
-    original = batch * std + mean
-    recon = recon * std + mean
-    low = original.amin(dim=(2, 3), keepdim=True)
-    high = original.amax(dim=(2, 3), keepdim=True)
-    grey = ((low + high) / 2).expand_as(original)
+    original = (batch * std + mean).float().cpu()
+    # nothing to reconstruct where the original has no valid value: black there too
+    recon = (recon * std + mean).float().cpu().where(original.isfinite(), torch.nan)
+    hidden = hidden.float().cpu()
+    limits = stretch_limits(original)
+    grey = ((limits[0] + limits[1]) / 2).expand_as(original)
     panels = {
         "original": original,
         f"masked {config.method.mask_ratio:.0%}": original * (1 - hidden) + grey * hidden,
         "reconstruction": recon,
         "reconstruction + visible": original * (1 - hidden) + recon * hidden,
     }
-    shown = {title: _display(p.float().cpu(), low.cpu(), high.cpu()) for title, p in panels.items()}
+    chosen = composite_bands(bands, config.data.bands, original.shape[1])
+    shown = {title: composite(p, chosen, limits) for title, p in panels.items()}
 
     rows, cols = len(picks), len(panels)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
     for r in range(rows):
         for c, (title, pictures) in enumerate(shown.items()):
-            ax = axes[r][c]
-            picture = pictures[r].numpy()
-            if picture.shape[-1] == 1:
-                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(picture)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(axes[r][c], pictures[r])
             if r == 0:
-                ax.set_title(title, fontsize=9)
+                axes[r][c].set_title(title, fontsize=9)
     return _save(fig, out)
 
 
@@ -175,27 +202,42 @@ def attention_figure(
     out: str | Path,
     data: str | None = None,
     n_images: int = 6,
-    bands: list[int] | None = None,
+    bands: str | list[int | str] | None = None,
     device: str | torch.device = "cpu",
+    window: str | None = None,
+    slice_axis: int = -1,
 ) -> Path:
     """Save each image next to its class-token attention maps, one panel per head.
 
-    Works for any channel count: grey images are shown grey, RGB as RGB, and other band counts
-    as the three `bands` chosen (default the first three), each stretched between its 2nd and
-    98th percentile. Maps are upsampled (nearest) to the image and scaled per panel.
+    Works for any channel count; images are drawn as `composite` draws them (invalid pixels
+    black, and fed to the encoder as the band mean). The data is read with the encoder's bands.
+    Maps are upsampled (nearest) to the image and scaled per panel.
 
     Args:
         encoder_path: A run folder or an exported `.safetensors` encoder.
         out: PNG path to write.
         data: Images to show; None for the built-in sample.
         n_images: Rows of the figure, drawn evenly across the data.
-        bands: Three channel indices to show for images that are neither grey nor RGB.
+        bands: The encoder's bands drawn as red, green, blue (see `composite_bands`).
+        device: Where the encoder runs.
+        window: CT windows the encoder was trained with (see `open_images`).
+        slice_axis: Axis volumes are cut along (see `open_images`).
     """
     from sslvit.models import load_encoder
 
     encoder, info = load_encoder(encoder_path, device)
+    if info.band_groups:
+        raise ValueError(f"{encoder_path}: attention maps need the plain patch embedding")
     source = data or "sample:test"
-    images = open_images(source, labeled=False, check=False, in_chans=info.in_chans)
+    images = open_images(
+        source,
+        labeled=False,
+        check=False,
+        in_chans=None if info.bands else info.in_chans,
+        window=window,
+        slice_axis=slice_axis,
+    )
+    images = _chosen_bands(images, info.bands, source)
     if images.in_chans != info.in_chans:
         raise ValueError(
             f"{source}: images have {images.in_chans} channels, the encoder takes {info.in_chans}"
@@ -203,22 +245,19 @@ def attention_figure(
     size = info.img_size[0] if isinstance(info.img_size, (list, tuple)) else info.img_size
     transform = eval_transform(size, info.mean, info.std)
     picks, batch = _read_some(images, n_images, transform)
-    batch = batch.to(device)
-    maps = cls_attention(encoder, batch).float().cpu()
+    # invalid pixels (NaN) go in as the band mean, 0 after normalisation
+    maps = cls_attention(encoder, batch.nan_to_num(0.0).to(device)).float().cpu()
     maps = torch.nn.functional.interpolate(maps, size=batch.shape[-2:], mode="nearest")
 
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
-    shown = composite(batch.float().cpu() * std + mean, bands)
+    chosen = composite_bands(bands, info.bands, info.in_chans)
+    shown = composite(batch.float() * std + mean, chosen)
     heads = maps.shape[1]
     rows, cols = len(picks), heads + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
     for r in range(rows):
-        picture = shown[r].numpy()
-        if picture.shape[-1] == 1:
-            axes[r][0].imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
-        else:
-            axes[r][0].imshow(picture)
+        _show(axes[r][0], shown[r])
         for h in range(heads):
             axes[r][h + 1].imshow(maps[r, h].numpy(), cmap="inferno")
         for ax in axes[r]:
@@ -230,24 +269,64 @@ def attention_figure(
     return _save(fig, out)
 
 
-def composite(images: torch.Tensor, bands: list[int] | None = None) -> torch.Tensor:
+def composite_bands(
+    bands: str | list[int | str] | None, names: list[str] | None, n_bands: int
+) -> list[int]:
+    """The channels a picture draws: one (grey) or three (red, green, blue).
+
+    Args:
+        bands: 0-based indices or names of the encoder's input bands ("3,2,1", "B4,B3,B2");
+            None for `default_composite`: bands named red/green/blue, r/g/b, B4/B3/B2 or
+            B04/B03/B02, else the first three (grey for 1- and 2-band images).
+        names: The encoder's band names (`EncoderInfo.bands`), or None.
+        n_bands: The encoder's input channels.
+
+    Raises:
+        ValueError: Not 1 or 3 bands, or a band that is not among the encoder's.
+    """
+    if bands is None:
+        return default_composite(names, n_bands)
+    chosen = resolve_bands(bands, names, n_bands, "the picture's --bands")
+    if len(chosen) not in (1, 3):
+        raise ValueError(f"--bands {bands}: a picture shows 1 or 3 bands, not {len(chosen)}")
+    return chosen
+
+
+def stretch_limits(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2nd and 98th percentile of each image's channels, NaN left out: `[B, C, 1, 1]` each."""
+    flat = images.float().flatten(2)
+    low = flat.nanquantile(0.02, dim=2)[..., None, None]
+    high = flat.nanquantile(0.98, dim=2)[..., None, None]
+    return low, high
+
+
+def composite(
+    images: torch.Tensor,
+    bands: list[int] | None = None,
+    limits: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Images `[B, C, H, W]` in native units to displayable `[B, H, W, 1 or 3]` in [0, 1].
 
-    Grey stays grey and RGB stays RGB unless `bands` picks others; any other channel count shows
-    `bands` (default the first three) as red, green and blue. Each shown channel of each image is
-    stretched between its 2nd and 98th percentile.
+    Each drawn channel is stretched linearly between its 2nd and 98th percentile in that image
+    (invalid pixels left out), and invalid (NaN) pixels are black.
+
+    Args:
+        images: `[B, C, H, W]`, NaN where invalid.
+        bands: One channel index (grey) or three (red, green, blue); None for
+            `default_composite` without names: grey for 1 or 2 channels, else the first three.
+        limits: `(low, high)` `[B, C, 1, 1]` from `stretch_limits` of other images, to draw
+            several panels on one scale; None computes them from `images`.
     """
     chans = images.shape[1]
     if bands is None:
-        bands = [0] if chans == 1 else [0, 1, 2] if chans >= 3 else [0]
+        bands = default_composite(None, chans)
     if len(bands) not in (1, 3) or any(not 0 <= b < chans for b in bands):
         raise ValueError(f"bands {bands}: give 1 or 3 channel indices below {chans}")
+    low, high = limits if limits is not None else stretch_limits(images)
     picked = images[:, bands].float()
-    flat = picked.flatten(2)
-    low = flat.quantile(0.02, dim=2)[..., None, None]
-    high = flat.quantile(0.98, dim=2)[..., None, None]
+    low, high = low[:, bands], high[:, bands]
     scaled = ((picked - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
-    return scaled.permute(0, 2, 3, 1)
+    return scaled.nan_to_num(0.0).permute(0, 2, 3, 1)
 
 
 def embedding_figure(

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from sslvit.data.arrays import ArrayImages, ImageSet
+from sslvit.data.cubes import is_cube_spec, open_cube_tiles
 from sslvit.data.readers import (
     READABLE_EXTENSIONS,
     UnreadableImageError,
@@ -174,21 +175,40 @@ def open_images(
     strict: bool = False,
     check: bool = True,
     in_chans: int | None = None,
+    tile_size: int | None = None,
+    tile_stride: int | None = None,
+    window: str | None = None,
+    slice_axis: int = -1,
 ) -> ImageSet:
     """Open the image set named on the command line.
 
     Args:
         spec: A folder, or "sample", "sample:train", "sample:test", "sample:all" for the
-            built-in MNIST sample ("sample" is its train split).
+            built-in MNIST sample ("sample" is its train split). Also a MedMNIST `.npz`
+            ("f.npz" is its train split, "f.npz:val", "f.npz:test") or a NIfTI or DICOM file;
+            a folder holding any NIfTI or DICOM file is read by `SliceImages`.
         labeled: As for `FolderImages`; False also drops the sample's labels.
         strict: As for `FolderImages`.
         check: As for `FolderImages`; False skips decoding every file up front (for a few
             pictures of a folder that was already checked).
         in_chans: As for `FolderImages` (folders only).
+        tile_size: For a hyperspectral cube file (`scene.mat`, `scene.mat:V`, `.npy`, `.npz`,
+            ENVI `.hdr`; see `sslvit.data.cubes`), the side of its square tiles, which are the
+            images (default 32, capped at the scene).
+        tile_stride: For a cube, pixels between tiles (default half a tile).
+        window: CT windows, e.g. "lung", "brain,subdural,bone" or "-600:1500" (centre:width):
+            each maps the images' one channel onto a [0, 1] channel (`sslvit.data.medical`).
+        slice_axis: For NIfTI volumes, multi-frame DICOM and DICOM series, the axis to cut
+            2-D slices along (default the last; see `sslvit.data.slices.SliceImages`).
 
     Returns:
         An image set (`FolderImages` or `ArrayImages`).
     """
+    if window:
+        from sslvit.data.medical import WindowedImages  # medical builds on this module
+
+        options = {"tile_size": tile_size, "tile_stride": tile_stride, "slice_axis": slice_axis}
+        return WindowedImages(open_images(spec, labeled, strict, check, **options), window)
     text = str(spec)
     if text == "sample" or text.startswith("sample:"):
         split = text.partition(":")[2] or "train"
@@ -198,6 +218,18 @@ def open_images(
         if labeled is False:
             return ArrayImages(images.array, names=images.names)
         return images
+    from sslvit.data.medical import open_medical
+
+    medical = open_medical(spec, labeled, strict, in_chans, slice_axis)
+    if medical is not None:
+        return medical  # MedMNIST .npz, NIfTI, DICOM (files or folders holding any)
+    if is_cube_spec(text):
+        if labeled:
+            raise ValueError(
+                f"{text}: a cube's tiles have no labels; classify its pixels with "
+                "`sslvit eval pixels --cube CUBE --gt GT`"
+            )
+        return open_cube_tiles(text, tile_size, tile_stride)
     return FolderImages(spec, labeled=labeled, strict=strict, check=check, in_chans=in_chans)
 
 

@@ -8,6 +8,7 @@ full range.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from torchvision.io import ImageReadMode, decode_png
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 ARRAY_EXTENSIONS = {".npy"}
-READABLE_EXTENSIONS = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS
+DICOM_EXTENSIONS = {".dcm", ".dicom"}
+READABLE_EXTENSIONS = IMAGE_EXTENSIONS | ARRAY_EXTENSIONS | DICOM_EXTENSIONS
 
 _TIFF_EXTENSIONS = {".tif", ".tiff"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +61,14 @@ def read_image(path: str | Path) -> torch.Tensor:
           Compressions that need the optional `imagecodecs` package (LZW, JPEG, ...) go
           through PIL too when it reads them whole (one page, colour at most 8 bits);
           otherwise the error asks for `imagecodecs`.
+        - GeoTIFFs (TIFFs with GeoTIFF or GDAL tags): every band in file order, alpha
+          included, through rasterio when installed; pixels equal to the file's no-data value
+          come out as NaN, and a file without a valid pixel is unreadable (see
+          `sslvit.data.rasters`).
+        - DICOM (`.dcm`, `.dicom`, or "DICM" at byte 128 of a file with another extension):
+          one channel rescaled into the modality's units (Hounsfield units for CT), or RGB;
+          multi-frame files are unreadable here, `open_images` reads their frames (see
+          `sslvit.data.dicom`, `sslvit.data.slices`).
         - `.npy` and TIFFs without axis labels: a 2-D array is one channel; a 3-D array is
           `[H, W, C]` when its last dimension is at most 4 and its first is larger than 4,
           and `[C, H, W]` otherwise. Store other layouts as `[C, H, W]`.
@@ -76,8 +86,10 @@ def read_image(path: str | Path) -> torch.Tensor:
         UnreadableImageError: The file is missing, empty, truncated, not an image, or holds an
             array of an unsupported shape or type.
     """
-    array = read_array(path)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    # GeoTIFFs carry a no-data value: those pixels come out as NaN (see sslvit.data.rasters)
+    from sslvit.data.rasters import read_raster
+
+    return read_raster(path).image()
 
 
 def read_array(path: str | Path) -> np.ndarray:
@@ -102,6 +114,12 @@ def read_array(path: str | Path) -> np.ndarray:
             array = _chw_from_shape(np.load(path, allow_pickle=False), path)
         elif suffix in _TIFF_EXTENSIONS:
             array = _read_tiff(path)
+        elif suffix in DICOM_EXTENSIONS or (
+            suffix not in IMAGE_EXTENSIONS and has_dicm_magic(path)
+        ):
+            from sslvit.data.dicom import read_dicom  # dicom imports this module
+
+            array = read_dicom(path)
         elif n_colour := _png_16bit_colour_channels(path):
             array = _read_png_16bit(path, n_colour)
         else:
@@ -118,6 +136,30 @@ def read_array(path: str | Path) -> np.ndarray:
     if min(array.shape) == 0:
         raise UnreadableImageError(f"{path}: image has an empty axis, shape {array.shape}")
     return array
+
+
+def has_dicm_magic(path: str | Path) -> bool:
+    """Whether a file holds "DICM" at byte 128, the mark of a DICOM Part 10 file."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def optional_module(name: str, extra: str, path: str | Path):
+    """Import `name`, an optional dependency that reading `path` needs.
+
+    Raises:
+        UnreadableImageError: It is not installed; the message names the extra that installs it.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UnreadableImageError(
+            f"{path}: reading it needs {name}: pip install 'sslvit[{extra}]'"
+        ) from None
 
 
 def _describe(err: Exception) -> str:
@@ -170,7 +212,11 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
+    from sslvit.data.rasters import has_geo_tags, read_raster  # rasters imports this module
+
     with tifffile.TiffFile(path) as tif:
+        if has_geo_tags(tif):
+            return read_raster(path).array
         first = tif.series[0]
         key = first.keyframe
         if key.photometric not in _TIFF_RAW_PHOTOMETRICS or key.bitspersample == 1:

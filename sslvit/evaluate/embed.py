@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from timm.models.vision_transformer import VisionTransformer
 
-from sslvit.data import ArrayImages, Subset, open_images, read_image
+from sslvit.data import Subset, open_images
+from sslvit.data.bands import FileImage, encoder_images
 from sslvit.evaluate.features import TOKENS, encoder_transform, extract_features
 from sslvit.evaluate.report import write_text_atomic
 from sslvit.models.io import EncoderInfo, load_encoder
@@ -153,6 +154,9 @@ def embed_folder(
     device: str = "auto",
     workers: int = 0,
     strict: bool = False,
+    window: str | None = None,
+    slice_axis: int = -1,
+    bands: str | None = None,
 ) -> Path | None:
     """Embed every image under `data` and write the features file `out` (see module docstring).
 
@@ -168,6 +172,9 @@ def embed_folder(
         device: "auto" (this process's GPU when there is one), "cpu", "cuda", "cuda:N".
         workers: DataLoader worker processes per process.
         strict: Stop on the first unreadable file instead of skipping it.
+        window: CT windows the encoder was trained with (see `open_images`).
+        slice_axis: Axis volumes are cut along (see `open_images`).
+        bands: The bands to read (`sslvit.data.bands`); None for the encoder's.
 
     Returns:
         The path written on rank 0; None on the other ranks.
@@ -178,7 +185,8 @@ def embed_folder(
     job = init_distributed(device)
     try:
         encoder, info = load_encoder(encoder_path, device)
-        images = open_images(data, strict=strict)
+        images = open_images(data, strict=strict, window=window, slice_axis=slice_axis)
+        images = encoder_images(images, info.bands, info.mean, bands, str(data))
         embeddings = embed_images(
             encoder, info, images, tokens or info.pool, batch_size, device, workers
         )
@@ -215,11 +223,10 @@ def embed_query(
     device = resolve_device(device)
     encoder, info = load_encoder(encoder_path, device)
     if query.is_file():
-        image = read_image(query).numpy()
-        images = ArrayImages(image[None], names=[query.name])
-        data = query.parent
+        images, data = FileImage(query), query.parent
     else:
         images, data = open_images(query), query
+    images = encoder_images(images, info.bands, info.mean, source=str(query))
     embeddings = embed_images(encoder, info, images, tokens, batch_size, device)
     embeddings.meta.update(encoder=str(Path(encoder_path).resolve()), data=_data_key(data))
     return embeddings

@@ -82,49 +82,30 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(n_threads)
 
 
-def linear_probe(
+def fit_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
     n_classes: int,
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = 256,
     base_lr: float = DEFAULT_BASE_LR,
     seed: int = 0,
     warmup_epochs: int = DEFAULT_WARMUP_EPOCHS,
-) -> dict[str, float]:
-    """Train a linear classifier on precomputed features and score it on the test features.
-
-    The features are computed once, so there is no data augmentation: every epoch sees the
-    same training vectors, shuffled. SGD with momentum 0.9, weight decay 0, learning rate
-    `base_lr * batch / 256` where `batch` is `batch_size` capped at the training-set size,
-    warmed up linearly then decayed by a cosine to zero, stepped per batch. Shuffling and
-    initialisation come from `seed` alone, so a result repeats exactly on the same device; the
-    global RNG is not used.
+) -> tuple[nn.Sequential, dict[str, float]]:
+    """Train the probe of `build_probe` on precomputed features (see `linear_probe`).
 
     Args:
         train_feats: Training features `[N, D]`.
         train_labels: Their class indices `[N]`.
-        test_feats: Test features `[Q, D]`.
-        test_labels: Their class indices `[Q]`.
         n_classes: Number of classes.
-        epochs: Passes over the training features.
-        batch_size: Features per SGD step.
-        base_lr: Learning rate for a batch of 256.
-        seed: Seed of the initialisation and the shuffling.
-        warmup_epochs: Epochs of linear warm-up, capped at `epochs`.
+        epochs, batch_size, base_lr, seed, warmup_epochs: As for `linear_probe`.
 
     Returns:
-        `top1` (and `top5` when `n_classes >= 5`) test accuracy in percent, the BatchNorm in
-        eval mode, plus `train_loss` (mean cross-entropy of the last epoch), `epochs`, `lr`.
+        `(probe, summary)`: the probe in eval mode on the features' device, mapping `[B, D]` to
+        logits `[B, n_classes]`, and `train_loss` (mean cross-entropy of the last epoch),
+        `epochs`, `lr`.
     """
     n_train = len(train_feats)
-    if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
-        raise ValueError(
-            f"linear probe needs train [N, D] and test [Q, D] features of the same width, "
-            f"got {tuple(train_feats.shape)} and {tuple(test_feats.shape)}"
-        )
     if n_train < 2 or len(train_labels) != n_train:
         raise ValueError(
             f"linear probe needs at least 2 training features with one label each, "
@@ -162,9 +143,58 @@ def linear_probe(
             generator,
             lambda step: cosine_schedule(step, total, warmup, peak_lr),
         )
-        probe.eval()
-        with torch.no_grad():
-            logits = probe(test_feats.float().to(device))
+    probe.eval()
+    return probe, {"train_loss": epoch_loss, "epochs": epochs, "lr": peak_lr}
+
+
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    n_classes: int,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 256,
+    base_lr: float = DEFAULT_BASE_LR,
+    seed: int = 0,
+    warmup_epochs: int = DEFAULT_WARMUP_EPOCHS,
+) -> dict[str, float]:
+    """Train a linear classifier on precomputed features and score it on the test features.
+
+    The features are computed once, so there is no data augmentation: every epoch sees the
+    same training vectors, shuffled. SGD with momentum 0.9, weight decay 0, learning rate
+    `base_lr * batch / 256` where `batch` is `batch_size` capped at the training-set size,
+    warmed up linearly then decayed by a cosine to zero, stepped per batch. Shuffling and
+    initialisation come from `seed` alone, so a result repeats exactly on the same device; the
+    global RNG is not used.
+
+    Args:
+        train_feats: Training features `[N, D]`.
+        train_labels: Their class indices `[N]`.
+        test_feats: Test features `[Q, D]`.
+        test_labels: Their class indices `[Q]`.
+        n_classes: Number of classes.
+        epochs: Passes over the training features.
+        batch_size: Features per SGD step.
+        base_lr: Learning rate for a batch of 256.
+        seed: Seed of the initialisation and the shuffling.
+        warmup_epochs: Epochs of linear warm-up, capped at `epochs`.
+
+    Returns:
+        `top1` (and `top5` when `n_classes >= 5`) test accuracy in percent, the BatchNorm in
+        eval mode, plus `train_loss` (mean cross-entropy of the last epoch), `epochs`, `lr`.
+    """
+    if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(
+            f"linear probe needs train [N, D] and test [Q, D] features of the same width, "
+            f"got {tuple(train_feats.shape)} and {tuple(test_feats.shape)}"
+        )
+    probe, summary = fit_probe(
+        train_feats, train_labels, n_classes, epochs, batch_size, base_lr, seed, warmup_epochs
+    )
+    device = train_feats.device
+    with _one_cpu_thread(device), torch.no_grad():
+        logits = probe(test_feats.float().to(device))
     result = topk_accuracy(logits, test_labels)
-    result.update(train_loss=epoch_loss, epochs=epochs, lr=peak_lr)
+    result.update(summary)
     return result

@@ -21,6 +21,9 @@ class Method(nn.Module):
     name: str = ""
     config_class: type = None
     pool: str = "cls"
+    # True: views keep invalid (no-data) pixels as NaN and the method leaves them out itself
+    # (MAE's loss); False: they arrive as the band's mean, 0 after normalisation
+    keeps_invalid_pixels: bool = False
 
     def __init__(self, config, encoder: VisionTransformer):
         super().__init__()
@@ -41,7 +44,7 @@ class Method(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Names (or name suffixes) of parameters that take no weight decay besides 1-D ones."""
-        return {"pos_embed", "cls_token", "mask_token"}
+        return {"pos_embed", "cls_token", "mask_token", "group_embed", "decoder_group_embed"}
 
     def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         """Called before the forward passes of each optimiser step (per-step schedules such

@@ -15,6 +15,7 @@ from torch import nn
 from sslvit.methods.base import Method
 from sslvit.methods.common import CollapseMonitor
 from sslvit.methods.registry import register
+from sslvit.models.band_groups import band_groups_of
 from sslvit.models.pos_embed import sincos_2d
 
 
@@ -97,26 +98,52 @@ def random_masking(
 
 
 def masked_patch_loss(
-    pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool
+    pred: torch.Tensor,
+    patches: torch.Tensor,
+    mask: torch.Tensor,
+    norm_pix_loss: bool,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error over the hidden patches only.
+    """Mean squared error over the hidden patches only, and inside a patch over its valid values.
 
     Args:
         pred: Predicted patches `[B, N, P]`.
         patches: Target patches `[B, N, P]` from `patchify`.
         mask: `[B, N]`, 1 = hidden; only these patches count.
-        norm_pix_loss: Normalise each target patch by its own mean and variance first.
+        norm_pix_loss: Normalise each target patch by the mean and variance of its valid values
+            first.
+        valid: `[B, N, P]`, 1 where the target value is valid (not no-data), patchified like
+            `patches`; None = all valid. Invalid values, whatever they hold, change nothing.
 
     Returns:
-        Scalar loss: per-patch MSE averaged over the hidden patches.
+        Scalar loss: each hidden patch's squared error averaged over its valid values, then
+        averaged over the hidden patches that have any valid value; 0 when none has.
     """
     target = patches.float()
+    if valid is None:
+        valid = torch.ones_like(target, dtype=torch.bool)
+    else:
+        valid = valid > 0
+        target = torch.where(valid, target, 0.0)
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
+        mean, var = _patch_stats(target, valid)
         target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # [B, N]
-    return (per_patch * mask).sum() / mask.sum()
+    n_valid = valid.sum(dim=-1)  # [B, N]
+    squared = torch.where(valid, pred.float() - target, 0.0).pow(2)
+    per_patch = squared.sum(dim=-1) / n_valid.clamp_min(1)
+    counted = mask * (n_valid > 0)
+    return (per_patch * counted).sum() / counted.sum().clamp_min(1)
+
+
+def _patch_stats(target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of each patch's valid values: `[B, N, P]` -> `[B, N, 1]` each.
+
+    `target` must hold finite numbers (any) at invalid positions.
+    """
+    n_valid = valid.sum(dim=-1, keepdim=True)
+    mean = torch.where(valid, target, 0.0).sum(dim=-1, keepdim=True) / n_valid.clamp_min(1)
+    squares = torch.where(valid, target - mean, 0.0).pow(2).sum(dim=-1, keepdim=True)
+    return mean, squares / (n_valid - 1).clamp_min(1)
 
 
 def _init_mae_weights(module: nn.Module) -> None:
@@ -138,9 +165,14 @@ class MAE(Method):
     own width and depth receives the encoded tokens with a shared learned mask token at every
     hidden position, adds fixed 2-D sine-cosine position embeddings, and predicts the pixels of
     every patch; the loss counts the hidden patches only.
+
+    With an encoder whose patch embedding has band groups (`sslvit.models.band_groups`), a token
+    is one group of bands at one patch: masking hides tokens, the decoder adds a learned group
+    embedding of its own to the position table, and each token predicts its own bands' pixels.
     """
 
     config_class = MAEConfig
+    keeps_invalid_pixels = True
 
     def __init__(self, config: MAEConfig, encoder: VisionTransformer):
         super().__init__(config, encoder)
@@ -154,17 +186,27 @@ class MAE(Method):
         dec_dim = config.decoder_embed_dim or (512 if width >= 768 else width // 2)
         dec_depth = config.decoder_depth or (8 if width >= 768 else 2)
         dec_heads = config.decoder_num_heads or max(1, dec_dim // 32)
+        groups = band_groups_of(encoder)
+        self.n_groups = groups.n_groups if groups else 1
+        token_chans = groups.group_size if groups else in_chans
 
         # the encoder's positions are the fixed sine-cosine table, as in the paper
         encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(width, dec_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
-        self.register_buffer("decoder_pos_embed", sincos_2d(dec_dim, *self.grid), persistent=False)
+        positions = sincos_2d(dec_dim, *self.grid)
+        if groups:
+            positions = groups.position_table(positions)
+        self.register_buffer("decoder_pos_embed", positions, persistent=False)
+        # tells a mask token which group's bands to predict; the positions alone cannot
+        self.decoder_group_embed = (
+            nn.Parameter(torch.zeros(1, self.n_groups, dec_dim)) if groups else None
+        )
         self.decoder_blocks = nn.ModuleList(
             Block(dec_dim, dec_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(dec_depth)
         )
         self.decoder_norm = nn.LayerNorm(dec_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(dec_dim, self.patch_size**2 * in_chans)
+        self.decoder_pred = nn.Linear(dec_dim, self.patch_size**2 * token_chans)
         self._initialize()
         # logged, never warned on: raw ViT class tokens share a large common direction, so their
         # spread is low in healthy runs too (MAE's pixel targets cannot collapse to a point)
@@ -173,9 +215,25 @@ class MAE(Method):
     def _initialize(self) -> None:
         self.apply(_init_mae_weights)
         proj = self.encoder.patch_embed.proj.weight
-        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        # one linear map per band group (a single one for the plain embedding)
+        for part in proj.view(self.n_groups, proj.shape[0] // self.n_groups, -1):
+            nn.init.xavier_uniform_(part)
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.decoder_group_embed is not None:
+            nn.init.normal_(self.decoder_group_embed, std=0.02)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Each token's pixels `[B, L, P]`: `patchify`, or per band group with band groups."""
+        groups = band_groups_of(self.encoder)
+        return groups.patchify(images) if groups else patchify(images, self.patch_size)
+
+    def to_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Inverse of `targets`: `[B, L, P]` -> `[B, C, H, W]` (C = P / p^2 without groups)."""
+        groups = band_groups_of(self.encoder)
+        if groups:
+            return groups.unpatchify(tokens)
+        return unpatchify(tokens, self.patch_size, self.grid)
 
     def encode_visible(self, images: torch.Tensor, mask_ratio: float, generator=None):
         """Encode the visible patches of a random mask.
@@ -215,15 +273,23 @@ class MAE(Method):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n_hidden, -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        if self.decoder_group_embed is not None:
+            codes = self.decoder_group_embed.repeat_interleave(n // self.n_groups, dim=1)
+            x = torch.cat([x[:, :1], x[:, 1:] + codes], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # invalid (no-data) pixels arrive as NaN: the encoder sees them as the band mean, 0
+        # after normalisation, and the loss leaves them out
+        valid = torch.isfinite(images)
+        images = torch.where(valid, images, 0.0)
         latent, mask, ids_restore = self.encode_visible(images, self.config.mask_ratio)
         pred = self.decode(latent, ids_restore)
-        target = patchify(images, self.patch_size)
-        loss = masked_patch_loss(pred, target, mask, self.config.norm_pix_loss)
+        target = self.targets(images)
+        valid = self.targets(valid.to(images.dtype))
+        loss = masked_patch_loss(pred, target, mask, self.config.norm_pix_loss, valid)
         return loss, {"emb_std": self.monitor(latent[:, 0])}
 
     @torch.no_grad()
@@ -232,18 +298,22 @@ class MAE(Method):
 
         With `norm_pix_loss` the prediction is in per-patch normalised units; it is mapped back
         with each original patch's mean and variance, so the picture is in the input's units.
+        Invalid (NaN) pixels go in as 0, as in training.
 
         Returns:
-            `(recon [B, C, H, W], mask_pixels [B, 1, H, W])` with mask 1 = hidden.
+            `(recon [B, C, H, W], mask_pixels [B, 1, H, W])` with mask 1 = hidden; with band
+            groups `mask_pixels` is `[B, C, H, W]`, since a token hides only its own bands.
         """
+        valid = torch.isfinite(images)
+        images = torch.where(valid, images, 0.0)
         latent, mask, ids_restore = self.encode_visible(images, self.config.mask_ratio, generator)
         pred = self.decode(latent, ids_restore).float()
         if self.config.norm_pix_loss:
-            target = patchify(images, self.patch_size).float()
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            target = self.targets(images).float()
+            mean, var = _patch_stats(target, self.targets(valid.float()) > 0)
             pred = pred * (var + 1.0e-6) ** 0.5 + mean
-        recon = unpatchify(pred, self.patch_size, self.grid)
-        mask_patches = mask.unsqueeze(-1).expand(-1, -1, self.patch_size**2)
-        mask_pixels = unpatchify(mask_patches, self.patch_size, self.grid)
+        recon = self.to_image(pred)
+        grouped = band_groups_of(self.encoder) is not None
+        per_token = pred.shape[-1] if grouped else self.patch_size**2
+        mask_pixels = self.to_image(mask.unsqueeze(-1).expand(-1, -1, per_token))
         return recon, mask_pixels

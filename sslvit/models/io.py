@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+from sslvit.models.band_groups import grouped_embed_layer
 from sslvit.models.vit import MODELS, create_vit
 
 
@@ -32,6 +33,10 @@ class EncoderInfo:
         pool: The feature pooling the method recommends ("cls" or "mean").
         method: The pretraining method, or "none" for random weights.
         timm_name: The timm model to call `timm.create_model` with.
+        band_groups: 0 for the plain patch embedding, else the number of band groups K of
+            `sslvit.models.band_groups.GroupedPatchEmbed` (timm needs `timm_options()` too).
+        bands: The input bands in order, by name (by 0-based index, as text, where the data
+            named none; see `sslvit.data.bands`), or None when the data named no band.
     """
 
     model: str
@@ -44,6 +49,8 @@ class EncoderInfo:
     pool: str = "cls"
     method: str = "none"
     timm_name: str = ""
+    band_groups: int = 0
+    bands: list[str] | None = None
 
     def __post_init__(self):
         self.img_size = tuple(int(s) for s in self.img_size)
@@ -54,10 +61,18 @@ class EncoderInfo:
                 f"normalisation has {len(self.mean)} means and {len(self.std)} stds "
                 f"for {self.in_chans} channels"
             )
+        if self.bands is not None and len(self.bands) != self.in_chans:
+            raise ValueError(f"{len(self.bands)} band names for {self.in_chans} channels")
 
     def build(self, drop_path: float = 0.0) -> VisionTransformer:
         """A randomly initialised encoder of this geometry, with stochastic depth `drop_path`."""
-        return create_vit(self.model, self.img_size, self.patch_size, self.in_chans, drop_path)
+        return create_vit(
+            self.model, self.img_size, self.patch_size, self.in_chans, drop_path, self.band_groups
+        )
+
+    def timm_options(self) -> dict:
+        """Extra `timm.create_model` arguments: the grouped patch embedding when there is one."""
+        return {"embed_layer": grouped_embed_layer(self.band_groups)} if self.band_groups else {}
 
 
 def _atomic_write(path: Path, write) -> None:

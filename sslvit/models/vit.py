@@ -9,6 +9,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
+from sslvit.models.band_groups import band_groups_of, grouped_embed_layer
 from sslvit.models.pos_embed import sincos_2d
 
 MODELS = {
@@ -30,6 +31,7 @@ def create_vit(
     patch_size: int,
     in_chans: int,
     drop_path: float = 0.0,
+    band_groups: int = 0,
 ) -> VisionTransformer:
     """Build a randomly initialised ViT encoder.
 
@@ -39,10 +41,13 @@ def create_vit(
         patch_size: Side of a square patch in pixels.
         in_chans: Input channels (1 for grey, 3 for RGB, any count for multi-band data).
         drop_path: Stochastic depth rate (0 for pretraining).
+        band_groups: 0 for the plain patch embedding; K > 0 for a token per spatial patch and
+            group of bands (`sslvit.models.band_groups`), for many-band images.
 
     Returns:
         A timm VisionTransformer with `num_classes=0` whose position embedding is the fixed 2-D
-        sine-cosine table (MAE's choice; it stays trainable unless a method freezes it).
+        sine-cosine table (MAE's choice; it stays trainable unless a method freezes it); with
+        band groups, the same table for each group's tokens.
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -61,10 +66,14 @@ def create_vit(
         in_chans=in_chans,
         num_classes=0,
         drop_path_rate=drop_path,
+        **({"embed_layer": grouped_embed_layer(band_groups)} if band_groups else {}),
     )
     grid_h, grid_w = patch_grid(encoder)
+    table = sincos_2d(encoder.embed_dim, grid_h, grid_w)
+    if band_groups:
+        table = encoder.patch_embed.position_table(table)
     with torch.no_grad():
-        encoder.pos_embed.copy_(sincos_2d(encoder.embed_dim, grid_h, grid_w))
+        encoder.pos_embed.copy_(table)
     return encoder
 
 
@@ -101,6 +110,11 @@ def resize_pos_embed(encoder: VisionTransformer, img_size: int | tuple[int, int]
     old_grid = patch_grid(encoder)
     if new_grid == old_grid:
         return
+    if band_groups_of(encoder) is not None:
+        raise ValueError(
+            f"an encoder with band groups runs at its own size {old_grid} patches only; "
+            f"use that image size instead of {height}x{width}"
+        )
     table = resample_abs_pos_embed(
         encoder.pos_embed.data,
         new_size=list(new_grid),
@@ -172,6 +186,11 @@ def _embed(
     mask_token: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Patch embedding, optional masking, class token and positions: `[B, 1 + N, D]`."""
+    if band_groups_of(encoder) is not None:
+        raise ValueError(
+            "this needs the plain patch embedding: an encoder with band groups works with MAE, "
+            "the two-view methods, features, kNN, linear and pixel probes, and fine-tuning"
+        )
     patch = encoder.patch_embed
     x = patch.proj(images)  # [B, D, h, w]
     grid = tuple(x.shape[-2:])

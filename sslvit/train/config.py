@@ -23,6 +23,15 @@ class DataConfig:
     `path` is a folder (searched recursively) or "sample" for the built-in MNIST sample.
     `mean`/`std` are per-channel, in the reader's native units; when left empty they are
     computed from `stats_samples` images of the data and stored with the run.
+    When `path` is a hyperspectral cube file (`sslvit.data.cubes`), the images are its square
+    tiles of `tile_size` pixels (default `img_size`) every `tile_stride` pixels (default half a
+    tile).
+    `bands` chooses bands by 0-based index or name (`sslvit.data.bands`); None reads every
+    band. Once the data is open it holds the chosen bands' names (indices for unnamed bands).
+    `window` maps one-channel data (CT in Hounsfield units) onto [0, 1] channels, one per window:
+    presets ("lung", "brain,subdural,bone") or "CENTRE:WIDTH" (`sslvit.data.medical`); None
+    keeps the raw values. `slice_axis` is the axis that NIfTI volumes, multi-frame DICOM and
+    DICOM series are cut along into 2-D slices (-1: the last).
     """
 
     path: str | None = None
@@ -35,15 +44,25 @@ class DataConfig:
     hflip: bool = True
     workers: int = 2
     strict: bool = False
+    tile_size: int | None = None
+    tile_stride: int | None = None
+    bands: list[str] | None = None
+    window: str | None = None
+    slice_axis: int = -1
 
 
 @dataclass
 class ModelConfig:
-    """The encoder: a timm ViT definition at any input size and channel count."""
+    """The encoder: a timm ViT definition at any input size and channel count.
+
+    `band_groups` K > 0 gives a token per spatial patch and group of bands instead of one per
+    patch (`sslvit.models.band_groups`), for images with many bands; 0 is the plain embedding.
+    """
 
     name: str = "vit_tiny"
     patch_size: int = 16
     drop_path: float = 0.0
+    band_groups: int = 0
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
+from sslvit.data.bands import band_names_of, fill_images, select_bands
 from sslvit.methods import build_method
 from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -137,7 +138,17 @@ class Trainer:
 
     def _open_data(self):
         data = self.config.data
-        images = open_images(data.path or "sample:train", labeled=False, strict=data.strict)
+        images = open_images(
+            data.path or "sample:train",
+            labeled=False,
+            strict=data.strict,
+            tile_size=data.tile_size or data.img_size,
+            tile_stride=data.tile_stride,
+            window=data.window,
+            slice_axis=data.slice_axis,
+        )
+        images = select_bands(images, data.bands, data.path or "sample:train")
+        data.bands = band_names_of(images)
         if data.in_chans is not None and data.in_chans != images.in_chans:
             raise ValueError(
                 f"{data.path}: images have {images.in_chans} channels, config asks for "
@@ -163,6 +174,7 @@ class Trainer:
             cfg.model.patch_size,
             cfg.data.in_chans,
             cfg.model.drop_path,
+            cfg.model.band_groups,
         )
         method = build_method(cfg.method, encoder).to(self.device)
         select_attention_kernel(method, self.device)
@@ -201,8 +213,11 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         cfg = self.config
+        images = self.images
+        if not self.method.keeps_invalid_pixels:
+            images = fill_images(images, cfg.data.mean)
         views = SeededViews(
-            self.images,
+            images,
             self.method.views_transform(cfg.data, cfg.data.mean, cfg.data.std),
             cfg.run.seed,
         )
@@ -239,6 +254,8 @@ class Trainer:
             embed_dim=self.method.encoder.embed_dim,
             pool=self.method.pool,
             method=cfg.method.name,
+            band_groups=cfg.model.band_groups,
+            bands=cfg.data.bands,
         )
 
     def _write_run_files(self) -> None:

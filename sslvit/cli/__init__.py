@@ -1,0 +1,76 @@
+"""The `sslvit` command line: parses, wires, and calls into the layers below.
+
+One module per topic holds its commands (`cmd_*`) and the parsers that call them (`add_*`);
+`sslvit.cli.options` holds the options several commands share.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sslvit.cli.evaluate import add_eval, add_finetune, cmd_eval
+from sslvit.cli.features import add_features
+from sslvit.cli.pretrain import add_demo, add_pretrain, cmd_demo, cmd_pretrain
+from sslvit.cli.segment import add_segment
+from sslvit.cli.show import add_export, add_show
+
+__all__ = ["main", "parser"]
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What to type next after Ctrl-C, for the command that was stopped."""
+    if args.func is cmd_demo:
+        return "run `sslvit demo` again to continue the run from its last checkpoint"
+    if args.func is cmd_eval and args.kind == "efficiency":
+        return "finished results stay in eval/efficiency.json; the same command runs the rest"
+    if args.func is cmd_pretrain:
+        from sslvit.train.config import Config
+
+        out = Path(getattr(args, "out", None) or Config().run.out)
+        if (out / "checkpoints" / "last.pt").is_file():
+            return f"the last checkpoint is kept; continue with --out {out} --resume"
+        return "no checkpoint was written yet; run the same command again (without --resume)"
+    return "stopped"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sslvit", description="Self-supervised pretraining of Vision Transformers."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    add_pretrain(sub)
+    add_eval(sub)
+    add_finetune(sub)
+    add_segment(sub)
+    add_show(sub)
+    add_export(sub)
+    add_demo(sub)
+    add_features(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    from sslvit.train.loop import NonFiniteLossError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"sslvit: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"sslvit: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sslvit: interrupted; {_after_interrupt(args)}", file=sys.stderr)
+        return 130
+    return 0
