@@ -48,11 +48,14 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
     return method.to(device).eval(), config
 
 
-def _read_some(images, n: int, transform) -> tuple[list[int], torch.Tensor]:
+def _read_some(
+    images, n: int, transform, report_skipped: bool = True
+) -> tuple[list[int], torch.Tensor]:
     """Up to `n` images spread evenly over the set, skipping files that cannot be read.
 
     Returns:
-        `(indices, batch)`; a warning names each skipped file. Fails only when none is readable.
+        `(indices, batch)`; a warning names each skipped file (a debug line when
+        `report_skipped` is False). Fails only when none is readable.
     """
     from sslvit.data import UnreadableImageError
 
@@ -66,7 +69,7 @@ def _read_some(images, n: int, transform) -> tuple[list[int], torch.Tensor]:
             tensors.append(transform(images.read(i)))
             picks.append(i)
         except UnreadableImageError as err:
-            log.warning("skipped: %s", err)
+            log.log(logging.WARNING if report_skipped else logging.DEBUG, "skipped: %s", err)
     if not tensors:
         raise ValueError("none of the images could be read")
     return picks, torch.stack(tensors)
@@ -74,7 +77,12 @@ def _read_some(images, n: int, transform) -> tuple[list[int], torch.Tensor]:
 
 def _chosen_bands(images, encoder_bands: list[str] | None, source: str):
     """`images` read with the bands an encoder was trained on, checked; invalid pixels stay NaN."""
-    images = select_bands(images, encoder_bands, source)
+    # show's --bands picks the drawn bands, so it cannot stand in for the data's band names
+    advice = (
+        f"the encoder reads bands [{', '.join(encoder_bands or [])}]: name the data's bands so "
+        "in a bands.txt beside it (one name per line)"
+    )
+    images = select_bands(images, encoder_bands, source, advice)
     check_encoder_bands(band_names_of(images), encoder_bands, source)
     return images
 
@@ -98,6 +106,7 @@ def recon_figure(
     seed: int = 0,
     device: str | torch.device = "cpu",
     bands: str | list[int | str] | None = None,
+    report_skipped: bool = True,
 ) -> Path:
     """Save originals, masked inputs and MAE reconstructions side by side.
 
@@ -105,7 +114,7 @@ def recon_figure(
     reconstruction, and the reconstruction with the visible patches pasted back. Pixels are
     un-normalised to the data's units and drawn as `composite` draws them, every panel with the
     original's stretch; pixels invalid (no-data) in the original are black in every panel.
-    The data is read with the run's bands.
+    The data is read with the run's bands, and a cube is cut into the run's tiles.
 
     Args:
         run_dir: A run folder of an MAE run.
@@ -115,6 +124,8 @@ def recon_figure(
         seed: Seed of the masks.
         device: Where the model runs.
         bands: The run's bands drawn as red, green, blue (see `composite_bands`).
+        report_skipped: Warn about each unreadable file passed over; False right after
+            pretraining, which has reported them already.
     """
     method, config = load_method(run_dir, device)
     if not hasattr(method, "reconstruct"):
@@ -126,6 +137,8 @@ def recon_figure(
         labeled=False,
         check=False,
         in_chans=None if config.data.bands else config.data.in_chans,
+        tile_size=config.data.tile_size or config.data.img_size,
+        tile_stride=config.data.tile_stride,
         window=config.data.window,
         slice_axis=config.data.slice_axis,
     )
@@ -136,7 +149,7 @@ def recon_figure(
             f"{config.data.in_chans}"
         )
     transform = eval_transform(config.data.img_size, config.data.mean, config.data.std)
-    picks, batch = _read_some(images, n_images, transform)
+    picks, batch = _read_some(images, n_images, transform, report_skipped)
     batch = batch.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     recon, hidden = method.reconstruct(batch, generator=generator)
@@ -210,7 +223,8 @@ def attention_figure(
     """Save each image next to its class-token attention maps, one panel per head.
 
     Works for any channel count; images are drawn as `composite` draws them (invalid pixels
-    black, and fed to the encoder as the band mean). The data is read with the encoder's bands.
+    black, and fed to the encoder as the band mean). The data is read with the encoder's bands
+    and a cube is cut into the encoder's tiles.
     Maps are upsampled (nearest) to the image and scaled per panel.
 
     Args:
@@ -234,6 +248,8 @@ def attention_figure(
         labeled=False,
         check=False,
         in_chans=None if info.bands else info.in_chans,
+        tile_size=info.tile_size,
+        tile_stride=info.tile_stride,
         window=window,
         slice_axis=slice_axis,
     )
@@ -286,7 +302,13 @@ def composite_bands(
     """
     if bands is None:
         return default_composite(names, n_bands)
-    chosen = resolve_bands(bands, names, n_bands, "the picture's --bands")
+    chosen = resolve_bands(
+        bands,
+        names,
+        n_bands,
+        "the picture's --bands",
+        "give the drawn bands by their index among the encoder's input bands",
+    )
     if len(chosen) not in (1, 3):
         raise ValueError(f"--bands {bands}: a picture shows 1 or 3 bands, not {len(chosen)}")
     return chosen

@@ -1,6 +1,8 @@
 """Hyperspectral cubes: readers, tiles, pixel classification and the grouped patch embedding."""
 
 import json
+import logging
+import os
 
 import h5py
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import scipy.io
 import timm
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from sslvit.cli import main
@@ -392,3 +395,65 @@ def test_eval_pixels_errors(tmp_path, capsys):
     assert "--data: not for `sslvit eval pixels`" in capsys.readouterr().err
     assert main(["eval", "knn", "--encoder", "none", "--cube", str(cube)]) == 2
     assert "--cube: only for `sslvit eval pixels`" in capsys.readouterr().err
+    assert main([*base, "--gt", str(gt), "--train-per-class", "5", "--train-fraction", "0.1"]) == 2
+    assert "give only one of --train-per-class N and --train-fraction F" in capsys.readouterr().err
+    assert main([*base, "--gt", str(gt), "--train-fraction", "1.5"]) == 2
+    assert "--train-fraction 1.5: must lie between 0 and 1" in capsys.readouterr().err
+    assert main([*base, "--gt", str(gt), "--train-per-class", "5", "--pixel-window", "8"]) == 2
+    assert "--pixel-window 8: must be an odd number of pixels" in capsys.readouterr().err
+    args = [*base, "--gt", str(gt), "--train-per-class", "5", "--bands", "B4,3"]
+    assert main(args) == 2
+    assert "scene.mat:cube: no band named 'B4', its 12 bands (indices 0-11) have no names" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--gt", str(gt), "--train-per-class", "5", "--bands", "3,3"]) == 2
+    assert "bands 3,3 choose band 3 twice; give each band once" in capsys.readouterr().err
+
+
+def test_downstream_commands_use_the_runs_tiles_and_bands(tmp_path, capsys, caplog):
+    from sslvit.evaluate.embed import load_embeddings
+
+    cube, gt = _scene(tmp_path)
+    run = tmp_path / "run"
+    # tile_size unset: tiles of --img-size (16 px), every data.tile_stride=4 px
+    assert (
+        main(["pretrain", "--data", str(cube), "--out", str(run), "--bands", "1,5,9", *TINY]) == 0
+    )
+    config = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    info = json.loads((run / "encoder.json").read_text())
+    assert (config["tile_size"], config["tile_stride"]) == (16, 4)
+    assert (info["tile_size"], info["tile_stride"], info["bands"]) == (16, 4, ["1", "5", "9"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / "encoder.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    n_tiles = len(CubeTiles(read_cube(cube), 16, 4))  # 3 rows x 2 columns of tiles
+    features = tmp_path / "features.npy"
+    args = ["embed", "--encoder", str(run), "--data", str(cube), "--out", str(features)]
+    assert main([*args, "--workers", "0", "--device", "cpu"]) == 0
+    assert len(load_embeddings(features).features) == n_tiles == 6
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sslvit"):
+        picture = tmp_path / "recon.png"
+        assert main(["show", "recon", "--encoder", str(run), "--out", str(picture)]) == 0
+    assert "6 tiles of 16 px (stride 4)" in caplog.text and "32 px" not in caplog.text
+
+    # eval pixels reads the encoder's three bands of the 12-band cube, or the ones given
+    base = ["eval", "pixels", "--encoder", str(run), "--cube", str(cube), "--gt", str(gt)]
+    base += ["--train-per-class", "5", "--device", "cpu", "--out", str(tmp_path / "px")]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_train"] == 15
+    assert main([*base, "--bands", "1,5,9"]) == 0
+    assert main([*base, "--bands", "1,5"]) == 2
+    assert "reads bands [1, 5], the encoder was trained on [1, 5, 9]" in capsys.readouterr().err
+
+
+def test_a_method_that_cannot_train_band_groups_leaves_no_run_folder(tmp_path, capsys):
+    cube, _ = _scene(tmp_path)
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(cube), "--out", str(run), "--method", "dino"]
+    assert main([*args, "--set", "model.band_groups=3", *TINY[:14]]) == 2
+    assert "method dino with model.band_groups=3: this needs the plain patch embedding" in (
+        capsys.readouterr().err
+    )
+    assert not run.exists()

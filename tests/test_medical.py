@@ -2,11 +2,13 @@
 
 import importlib.util
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sslvit.cli import main
 from sslvit.data import open_images, read_array
@@ -95,7 +97,7 @@ def test_windows_against_the_formula():
         1.0,
         pytest.approx(1450 / 1500),
     ]
-    for bad in ("lungs", "40", "40:0", "a:b"):
+    for bad in ("lungs", "40", "40:0", "a:b", "nan:100", "50:inf", "-inf:10", "", "lung,"):
         with pytest.raises(ValueError, match="expected a preset"):
             parse_window(bad)
 
@@ -187,6 +189,82 @@ def test_folder_with_unreadable_dicom_skips_it_or_stops_when_strict(tmp_path):
         open_images(tmp_path, strict=True)
 
 
+def test_undecodable_12_bit_jpeg_is_one_line_and_pydicom_stays_quiet(tmp_path, caplog, capfd):
+    if any(importlib.util.find_spec(m) for m in ("pylibjpeg", "gdcm")):
+        pytest.skip("a 12-bit JPEG decoder is installed here")
+    shutil.copy(get_testdata_file("JPEG-lossy.dcm"), tmp_path / "jpeg12.dcm")  # JPEG Extended
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    pydicom_level = logging.getLogger("pydicom").level
+    with caplog.at_level(logging.DEBUG):
+        images = open_images(tmp_path)
+    assert images.names == ["ct.dcm"] and images.skipped[0][0] == "jpeg12.dcm"
+    assert "JPEG Extended" in images.skipped[0][1]
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("sslvit")]
+    assert len(ours) == 1 and ours[0].count("jpeg12.dcm") == 1 and "\n" not in ours[0]
+    assert "Traceback" not in capfd.readouterr().err
+    assert logging.getLogger("pydicom").level == pydicom_level  # restored after each read
+
+
+def test_series_keeps_its_slices_of_the_majority_size(tmp_path):
+    rng = np.random.default_rng(2)
+    slices = [rng.integers(1, 4000, (5, 6)) for _ in range(4)]
+    for k, z in enumerate([0.0, 1.0, 2.0, 3.0]):
+        write_dicom(tmp_path / f"s{k}.dcm", slices[k], position=(0, 0, z))
+    write_dicom(tmp_path / "odd.dcm", rng.integers(1, 4000, (3, 3)), position=(0, 0, 1.5))
+    images = SliceImages(tmp_path, slice_axis=0)
+    assert images.skipped == [("odd.dcm", "3x3 pixels, the other slices of its series are 5x6")]
+    assert len(images) == 5 and images.read(0).shape == (1, 6, 4)  # 5 rows of 6 x 4 slices
+    np.testing.assert_array_equal(images.read(2)[0].numpy(), np.stack(slices, axis=-1)[2])
+    with pytest.raises(UnreadableImageError, match="odd.dcm: 3x3 pixels"):
+        SliceImages(tmp_path, slice_axis=0, strict=True)
+
+
+def test_colour_dicom_stays_rgb_and_is_refused_by_windows(tmp_path):
+    from pydicom.pixels import apply_color_lut
+
+    palette = get_testdata_file("examples_palette.dcm")
+    shutil.copy(palette, tmp_path / "palette.dcm")
+    shutil.copy(get_testdata_file("SC_rgb_small_odd.dcm"), tmp_path / "rgb.dcm")
+    colour = open_images(tmp_path)
+    assert colour.in_chans == 3 and colour.native_chans == [3, 3]
+    expected = apply_color_lut(pydicom.dcmread(palette).pixel_array, pydicom.dcmread(palette))
+    np.testing.assert_array_equal(colour.read(0).numpy(), np.moveaxis(expected, -1, 0))
+    rgb = pydicom.dcmread(tmp_path / "rgb.dcm").pixel_array
+    np.testing.assert_array_equal(colour.read(1).numpy(), np.moveaxis(rgb, -1, 0))
+
+    # in a mostly grey CT folder a colour file would be read as grey luma, not HU: refused
+    for k in range(2):
+        write_dicom(tmp_path / f"ct{k}.dcm", np.full((4, 4), 1000 + k) + np.eye(4, dtype=int))
+    with pytest.raises(ValueError, match="windows apply to one-channel images; palette.dcm has 3"):
+        open_images(tmp_path, window="lung")
+    (tmp_path / "palette.dcm").unlink()
+    (tmp_path / "rgb.dcm").unlink()
+    assert open_images(tmp_path, window="lung,bone").read(1).shape == (2, 4, 4)
+    # the same for PNGs: a colour one among grey ones is refused, not windowed as grey
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    for name, mode in (("a.png", "L"), ("b.png", "L"), ("c.png", "RGB")):
+        Image.new(mode, (4, 4)).save(pngs / name)
+    with pytest.raises(ValueError, match="windows apply to one-channel images; c.png has 3"):
+        open_images(pngs, window="lung")
+
+
+def test_text_named_dcm_is_not_a_dicom_file(tmp_path):
+    (tmp_path / "notes.dcm").write_text("hello, this is not DICOM at all\n" * 4)
+    with pytest.raises(UnreadableImageError) as caught:
+        open_images(tmp_path / "notes.dcm")
+    assert str(caught.value).startswith(f"{tmp_path / 'notes.dcm'}: not a DICOM file")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    assert open_images(tmp_path).skipped[0][1].startswith("not a DICOM file")
+
+
+def test_empty_folder_lists_every_kind_read(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images")
+    with pytest.raises(ValueError, match=r"\.nii, \.nii\.gz, .*and DICOM files of any name"):
+        open_images(tmp_path)
+
+
 # --- NIfTI -----------------------------------------------------------------------------------
 
 
@@ -223,8 +301,9 @@ def test_nibabel_test_files_and_a_labelled_folder_of_volumes(tmp_path):
     assert len(images) == n_varied and len(images) + images.n_empty == 25
     four_d = open_images(f"{NIBABEL_DATA}/example4d.nii.gz")  # (128, 96, 24, 2): 2 volumes
     assert len(four_d) + four_d.n_empty == 48 and four_d.read(0).shape == (1, 128, 96)
-    assert four_d.names[0] == "example4d.nii.gz#t0z000" and four_d.names[-1].startswith(
-        "example4d.nii.gz#t1z"
+    # volume indices are padded like slice indices, to three digits at least
+    assert four_d.names[0] == "example4d.nii.gz#t000z000" and four_d.names[-1].startswith(
+        "example4d.nii.gz#t001z"
     )
 
     for cls in ("healthy", "tumour"):
@@ -287,6 +366,25 @@ def test_medmnist_errors_name_the_file(tmp_path):
         open_images(f"{tmp_path}/only.npz:test")
 
 
+def test_medmnist_unknown_split_and_label_count_name_file_and_key(tmp_path):
+    _medmnist(tmp_path / "m.npz")
+    with pytest.raises(
+        ValueError, match=r"m.npz: unknown split 'bogus'; .* holds train, val, test"
+    ):
+        open_images(f"{tmp_path}/m.npz:bogus")
+    _medmnist(tmp_path / "short.npz", labels={"val_labels": np.zeros((3, 1), dtype=np.uint8)})
+    with pytest.raises(ValueError, match="short.npz: val_labels holds 3 labels for the 4 images"):
+        open_images(f"{tmp_path}/short.npz:val", labeled=True)
+
+
+def test_cli_refuses_bad_windows_while_parsing(capsys):
+    for bad in ("--window=nan:100", "--window=50:inf", "--window=", "--window=lung,"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["pretrain", bad, "--out", "/nonexistent/never-written"])
+        assert stopped.value.code == 2
+        assert "argument --window: window" in capsys.readouterr().err
+
+
 def test_pneumoniamnist_real_file():
     path = shared_data("medmnist") / "pneumoniamnist.npz"
     train, test = open_images(path), open_images(f"{path}:test")
@@ -317,7 +415,7 @@ def test_cli_pretrain_and_knn_on_medmnist_npz(tmp_path, capsys):
     assert saved["top1"] == result["top1"]
 
 
-def test_cli_window_is_stored_and_reused_downstream(tmp_path, capsys):
+def test_cli_window_is_stored_and_reused_downstream(tmp_path, capsys, caplog):
     rng = np.random.default_rng(0)
     base = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.int64)
     for cls, shift in (("a", 0), ("b", 600)):
@@ -339,6 +437,17 @@ def test_cli_window_is_stored_and_reused_downstream(tmp_path, capsys):
     embed = ["embed", "--encoder", str(out), "--data", str(tmp_path / "ct"), "--out", str(feats)]
     assert main([*embed, "--device", "cpu", "--workers", "0"]) == 0
     assert np.load(feats).shape == (16, 192)
-    # without the windows the raw HU have one channel, which the encoder refuses
-    assert main([*args, "--device", "cpu", "--window", "none"]) == 2
-    assert "1 channel(s) but the encoder expects 2" in capsys.readouterr().err
+    # the run's windows are recorded with the result
+    assert json.loads((out / "eval" / "knn.json").read_text())["window"] == "lung,bone"
+    # other windows of the same channel count: a warning naming both, and the result says which
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        assert main([*args, "--device", "cpu", "--window", "brain,bone"]) == 0
+    assert last_json(capsys)["window"] == "brain,bone"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("--window brain,bone" in m and "--window lung,bone" in m for m in warned)
+    # another channel count is refused before any data is read, raw values (none) included
+    for window, n_chans in (("none", 1), ("lung", 1), ("lung,bone,brain", 3)):
+        assert main([*args, "--device", "cpu", "--window", window]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--window {window} gives {n_chans} channel(s), but the encoder" in err
+        assert "takes 2 (it was trained with --window lung,bone)" in err

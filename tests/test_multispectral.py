@@ -427,3 +427,54 @@ def test_pretrain_eval_and_pictures_on_tiles(tmp_path, capsys):
         "reads bands [nir, swir, green], the encoder was trained on [nir, red, green]"
         in capsys.readouterr().err
     )
+
+
+def test_band_choice_errors_read_right(tmp_path):
+    write_geotiff(tmp_path / "a.tif", reflectance(13), nodata=0, names=S2)
+    images = FolderImages(tmp_path)
+    with pytest.raises(ValueError, match=r"tiles: bands B4,3 choose band B4 twice; give each"):
+        select_bands(images, "B4,3", "tiles")  # B4 is band 3
+    one = tmp_path / "one"
+    one.mkdir()
+    write_geotiff(one / "a.tif", reflectance(1), nodata=0)
+    with pytest.raises(ValueError, match=r"index 2 is out of range; it has 1 band \(index 0\)$"):
+        select_bands(FolderImages(one), "2", "one")
+    with pytest.raises(
+        ValueError, match=r"no band named 'red', its 1 band \(index 0\) has no name"
+    ):
+        select_bands(FolderImages(one), "red", "one")
+
+
+def test_corrupt_tiff_is_named_without_tifffile_log_lines(tmp_path, caplog):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + (2062208232).to_bytes(4, "little") + bytes(64))
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(rasters.UnreadableImageError, match=r"bad\.tif: not a valid TIFF"):
+            read_raster(bad)
+        with pytest.raises(rasters.UnreadableImageError, match=r"bad\.tif: not a valid TIFF"):
+            read_image(bad)
+    assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def test_show_tells_how_to_name_unnamed_data_for_a_named_encoder(tmp_path, capsys):
+    named, unnamed = tmp_path / "named", tmp_path / "unnamed"
+    for root, names in ((named, ["blue", "green", "red"]), (unnamed, None)):
+        root.mkdir()
+        for k in range(8):
+            write_geotiff(root / f"t{k}.tif", reflectance(3, size=16), nodata=0, names=names)
+    run = tmp_path / "run"
+    tiny = ["--img-size", "16", "--patch-size", "4", "--epochs", "1", "--batch-size", "4"]
+    tiny += ["--workers", "0", "--device", "cpu", "--precision", "fp32"]
+    tiny += ["--set", "method.decoder_embed_dim=32", "--set", "method.decoder_depth=1"]
+    assert main(["pretrain", "--data", str(named), "--out", str(run), *tiny]) == 0
+    capsys.readouterr()
+    args = ["show", "attention", "--encoder", str(run), "--data", str(unnamed), "--n", "2"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the encoder reads bands [blue, green, red]: name the data's bands so in a bands.txt"
+        in (err)
+    )
+    assert "choose bands by index" not in err
+    (unnamed / "bands.txt").write_text("blue\ngreen\nred\n")
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0

@@ -19,15 +19,14 @@ from sslvit.models import MODELS
 log = logging.getLogger("sslvit")
 
 
-def _eval_sets(args: argparse.Namespace):
-    """The labelled training and test sets an eval command works on, with the encoder's bands."""
+def _eval_sets(args: argparse.Namespace, reader: dict):
+    """The labelled training and test sets an eval command works on, with the encoder's bands,
+    read with `reader` (`reader_options`)."""
     from sslvit.data import Subset, open_images, stratified_split
     from sslvit.data.bands import encoder_images
     from sslvit.models.io import load_info
 
     info = None if args.encoder.lower() == "none" else load_info(args.encoder)
-
-    reader = reader_options(args, args.encoder)
 
     def opened(spec: str, **options):
         images = open_images(spec, labeled=True, **options, **reader)
@@ -69,7 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)}: only for `sslvit eval efficiency`")
     device = resolve_device(args.device)
     encoder, info = load_encoder(args.encoder, device)
-    train, test = _eval_sets(args)
+    reader = reader_options(args, args.encoder)
+    train, test = _eval_sets(args, reader)
     result = evaluate_encoder(
         args.kind,
         encoder,
@@ -87,6 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result["test_data"] = args.test_data
     elif args.data is not None:
         result["test_split"] = args.split
+    result["window"] = reader["window"]
     columns = [
         c for c in ("kind", "pool", "labels", "n_train", "n_test", "top1", "top5") if c in result
     ]
@@ -117,12 +118,15 @@ def _eval_efficiency(args: argparse.Namespace) -> None:
         pool=args.pool,
         device=args.device,
     )
-    train, test = _eval_sets(args)
+    reader = reader_options(args, args.encoder)
+    train, test = _eval_sets(args, reader)
     data = {"data": args.data or "sample"}
     if args.test_data is not None or args.data is None:
         data["test_data"] = args.test_data or "sample:test"
     else:
         data.update(test_split=args.split, split_seed=args.seed)
+    if reader["window"]:
+        data["window"] = reader["window"]
     run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
     outcome = label_efficiency(args.encoder, train, test, args.out or run_dir, config, data)
     print_table(outcome["summary"])
@@ -162,7 +166,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if scratch and on_sample:
         # the built-in sample is 28 px MNIST, as in `pretrain`
         config.img_size, config.patch_size = args.img_size or 28, args.patch_size or 4
-    train, test = _eval_sets(args)
+    train, test = _eval_sets(args, reader_options(args, args.encoder))
     result = finetune(None if scratch else args.encoder, train, test, args.out, config)
     result["data"] = args.data or "sample"
     columns = ["kind", "labels", "n_train", "n_test", "top1", "top5", "best_top1", "best_epoch"]

@@ -17,6 +17,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
     from sslvit.evaluate.pixels import (
         DEFAULT_WINDOW,
         classify_pixels,
+        cube_bands,
         pixel_map_figure,
         random_encoder,
         result_name,
@@ -27,15 +28,30 @@ def eval_pixels(args: argparse.Namespace) -> None:
     from sslvit.train.distributed import resolve_device
 
     others = {d: f for d, f in args.efficiency_only.items() if d not in ("out", "img_size")}
-    others.update(data="--data", test_data="--test-data", labels="--labels", bands="--bands")
+    others.update(data="--data", test_data="--test-data", labels="--labels")
     others.update(window="--window", slice_axis="--slice-axis")
     given = [flag for dest, flag in others.items() if getattr(args, dest, None) is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: not for `sslvit eval pixels`")
     if args.cube is None or args.gt is None:
         raise ValueError("eval pixels needs --cube and --gt")
-    if (args.train_per_class is None) == (args.train_fraction is None):
-        raise ValueError("eval pixels needs one of --train-per-class N or --train-fraction F")
+    if args.train_per_class is not None and args.train_fraction is not None:
+        raise ValueError("give only one of --train-per-class N and --train-fraction F")
+    if args.train_per_class is None and args.train_fraction is None:
+        raise ValueError("eval pixels needs --train-per-class N or --train-fraction F")
+    if args.train_per_class is not None and args.train_per_class < 1:
+        raise ValueError(f"--train-per-class {args.train_per_class}: must be at least 1")
+    if args.train_fraction is not None and not 0 < args.train_fraction < 1:
+        raise ValueError(
+            f"--train-fraction {args.train_fraction}: must lie between 0 and 1 (e.g. 0.05); "
+            "the pixels it leaves out are the test set"
+        )
+    window = args.pixel_window or DEFAULT_WINDOW
+    if window < 1 or window % 2 == 0:
+        raise ValueError(
+            f"--pixel-window {window}: must be an odd number of pixels, so the labelled pixel "
+            "is the centre (e.g. 9)"
+        )
     spec = parse_label_spec(
         args.train_per_class if args.train_fraction is None else args.train_fraction
     )
@@ -52,6 +68,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
     cube = read_cube(args.cube)
     truth = read_ground_truth(args.gt, cube.shape)
     if scratch:
+        cube = cube_bands(cube, args.bands)
         encoder, info = random_encoder(
             cube,
             args.model or "vit_tiny",
@@ -63,11 +80,11 @@ def eval_pixels(args: argparse.Namespace) -> None:
         run_dir = Path(args.out or "runs/pixels")
     else:
         encoder, info = load_encoder(args.encoder, device)
+        cube = cube_bands(cube, args.bands, info.bands)
         encoder_dir = (
             Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
         )
         run_dir = Path(args.out) if args.out else encoder_dir
-    window = args.pixel_window or DEFAULT_WINDOW
     features = window_features(encoder, info, cube, truth, window, args.pool, device)
     result, predicted, train_mask = classify_pixels(features, spec, args.seed)
     result.update(encoder=str(args.encoder), cube=args.cube, gt=args.gt)
@@ -100,9 +117,13 @@ def add_pixels_options(p) -> None:
         group.add_argument(
             "--gt", help="ground truth: label map (0 = unlabelled) or abundances, same formats"
         ),
-        group.add_argument("--train-per-class", type=int, help="training pixels per class"),
         group.add_argument(
-            "--train-fraction", type=float, help="share of each class's pixels that trains"
+            "--train-per-class", type=int, help="training pixels per class (at least 1)"
+        ),
+        group.add_argument(
+            "--train-fraction",
+            type=float,
+            help="share of each class's pixels that trains, between 0 and 1 (e.g. 0.05)",
         ),
         group.add_argument(
             "--pixel-window",

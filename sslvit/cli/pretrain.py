@@ -108,7 +108,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     run_dir = trainer.train()
     if trainer.dist.is_main and hasattr(trainer.method, "reconstruct"):
         try:
-            figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", device=trainer.device)
+            figure = recon_figure(
+                run_dir,
+                run_dir / "figures" / "recon.png",
+                device=trainer.device,
+                report_skipped=False,  # the run listed its unreadable files when it started
+            )
             log.info("reconstructions: %s", figure)
         except (UnreadableImageError, ValueError) as err:
             # the run itself is done and saved; a picture that cannot be drawn does not undo it

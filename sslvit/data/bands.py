@@ -71,14 +71,23 @@ def resolve_bands(
     names: Sequence[str | None] | None,
     n_bands: int,
     source: str = "the data",
+    unnamed_advice: str | None = None,
 ) -> list[int]:
     """The 0-based indices a band selection picks out of `n_bands` bands called `names`.
 
     Names match exactly, or else case-insensitively when only one band matches that way.
 
+    Args:
+        spec: The selection (`parse_bands`).
+        names: The bands' names (None where unnamed), or None.
+        n_bands: How many bands there are.
+        source: Names the data in errors.
+        unnamed_advice: What to tell a user who named a band of data whose bands have no
+            names; None for "choose bands by index or name them in a bands.txt".
+
     Raises:
-        ValueError: An index out of range, or a name the data does not have (or has twice); the
-            message names `source` and its bands.
+        ValueError: An index out of range, a name the data does not have (or has twice), or a
+            band chosen twice; the message names `source` and its bands.
     """
     names = list(names) if names is not None else [None] * n_bands
     labels = [band_label(k, names) for k in range(n_bands)]
@@ -87,8 +96,7 @@ def resolve_bands(
         if isinstance(item, int):
             if not 0 <= item < n_bands:
                 raise ValueError(
-                    f"{source}: band index {item} is out of range; it has {n_bands} bands "
-                    f"(0-{n_bands - 1})"
+                    f"{source}: band index {item} is out of range; it has {_count_bands(n_bands)}"
                 )
             indices.append(item)
             continue
@@ -97,14 +105,34 @@ def resolve_bands(
             matches = [k for k, name in enumerate(names) if name and name.lower() == item.lower()]
         if len(matches) != 1:
             if not any(names):
+                advice = unnamed_advice or f"choose bands by index or name them in a {BANDS_FILE}"
+                have = "has no name" if n_bands == 1 else "have no names"
                 raise ValueError(
-                    f"{source}: no band named {item!r}, its {n_bands} bands have no names; choose "
-                    f"bands by index (0-{n_bands - 1}) or name them in a {BANDS_FILE}"
+                    f"{source}: no band named {item!r}, its {_count_bands(n_bands)} {have}; "
+                    f"{advice}"
                 )
             found = "several bands are" if matches else "no band is"
             raise ValueError(f"{source}: {found} named {item!r}; its bands: {', '.join(labels)}")
         indices.append(matches[0])
+    twice = sorted({k for k in indices if indices.count(k) > 1})
+    if twice:
+        chosen = spec if isinstance(spec, str) else ",".join(map(str, spec))
+        raise ValueError(
+            f"{source}: bands {chosen} choose band {labels[twice[0]]} twice; give each band once"
+        )
     return indices
+
+
+def _index_range(n_bands: int) -> str:
+    """The valid 0-based indices of `n_bands` bands: "0" or "0-12"."""
+    return "0" if n_bands == 1 else f"0-{n_bands - 1}"
+
+
+def _count_bands(n_bands: int) -> str:
+    """How many bands and their indices: "1 band (index 0)", "13 bands (indices 0-12)"."""
+    if n_bands == 1:
+        return "1 band (index 0)"
+    return f"{n_bands} bands (indices {_index_range(n_bands)})"
 
 
 def dataset_band_names(images: ImageSet) -> list[str | None] | None:
@@ -223,16 +251,24 @@ def fill_invalid(image: torch.Tensor, values: torch.Tensor | Sequence[float]) ->
 
 
 def select_bands(
-    images: ImageSet, bands: str | Sequence[int | str] | None, source: str = "the data"
+    images: ImageSet,
+    bands: str | Sequence[int | str] | None,
+    source: str = "the data",
+    unnamed_advice: str | None = None,
 ) -> ImageSet:
     """`images` with the bands `bands` chosen (all, when None) and the bands' names attached.
 
     Returns the set itself when nothing is chosen and nothing names its bands (photos, scans).
+    `unnamed_advice` is as for `resolve_bands`.
     """
     names = dataset_band_names(images)
     if bands is None and names is None:
         return images
-    indices = None if bands is None else resolve_bands(bands, names, images.in_chans, source)
+    indices = (
+        None
+        if bands is None
+        else resolve_bands(bands, names, images.in_chans, source, unnamed_advice)
+    )
     chosen = range(images.in_chans) if indices is None else indices
     return BandImages(images, indices, [band_label(k, names) for k in chosen])
 

@@ -151,6 +151,7 @@ class CubeTiles:
         self.names = [f"tile_r{r:04d}_c{c:04d}" for r, c in self.corners]
         self.labels, self.classes = None, None
         self.in_chans = cube.n_bands
+        self.band_names = cube.band_names  # ENVI's, read by `sslvit.data.bands`
 
     def __len__(self) -> int:
         return len(self.corners)

@@ -9,7 +9,10 @@ pydicom (`sslvit[dicom]`) is imported only when a file needs it.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,24 @@ from sslvit.data.readers import (
 
 # Where enhanced multi-frame DICOM keeps rescale values: per frame, else shared by all frames.
 _FUNCTIONAL_GROUPS = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+# Groups of the standard elements every image object has (patient, study, series, image): a
+# file read without the "DICM" mark that holds none of them is not DICOM.
+_IDENTIFYING_GROUPS = {0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+
+
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records held back: our errors say once, in one line, what
+    failed (pydicom logs a full traceback for each decoder that fails)."""
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -41,9 +62,15 @@ def dicom_header(path: str | Path):
     pydicom = optional_module("pydicom", "dicom", path)
     force = path.suffix.lower() in DICOM_EXTENSIONS  # old files without the Part 10 preamble
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=force)
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=force)
     except Exception as err:
         raise UnreadableImageError(f"{path}: not a readable DICOM file ({err})") from None
+    if ds.preamble is None and not any(tag.group in _IDENTIFYING_GROUPS for tag in ds.keys()):
+        raise UnreadableImageError(
+            f'{path}: not a DICOM file (no "DICM" at byte 128 and no DICOM image elements)'
+        )
+    return ds
 
 
 def dicom_frames(ds) -> int:
@@ -104,8 +131,7 @@ def _dicom_pixels(path: Path, ds, frame: int | None) -> np.ndarray:
     if syntax is None:
         raise UnreadableImageError(f"{path}: no transfer syntax (not a DICOM Part 10 file)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        with _quiet_pydicom():
             return pixel_array(path, index=frame)
     except Exception as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(":")

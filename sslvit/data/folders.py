@@ -64,6 +64,7 @@ class FolderImages:
         classes: Class names, or None.
         in_chans: Channels of every image that `read` returns.
         skipped: `(relative path, reason)` of every file left out.
+        native_chans: Channels of each image in its file (only when the files were checked).
 
     Raises:
         ValueError: `root` is missing, not a folder or holds no image files; `labeled=True`
@@ -92,8 +93,11 @@ class FolderImages:
             names = _scan(self.root)
             class_names = _classes_from_folders(self.root, names, labeled)
         if not names:
-            extensions = ", ".join(sorted(READABLE_EXTENSIONS))
-            raise ValueError(f"{self.root}: no image files found (looked for {extensions})")
+            extensions = ", ".join(sorted(READABLE_EXTENSIONS | {".nii", ".nii.gz"}))
+            raise ValueError(
+                f"{self.root}: no image files found (looked for {extensions}, and DICOM files "
+                "of any name)"
+            )
 
         self.skipped: list[tuple[str, str]] = []
         if check:
@@ -163,6 +167,7 @@ class FolderImages:
                 " ..." if len(problems) > _N_NAMED_IN_WARNING else "",
             )
         keep = [k for k, name in enumerate(names) if name not in problems]
+        self.native_chans = [results[k][0] for k in keep]  # before matching in_chans
         if not keep:
             raise ValueError(f"{self.root}: none of the {len(names)} image files is readable")
         kept_classes = None if class_names is None else [class_names[k] for k in keep]

@@ -7,6 +7,7 @@ their 2-D slices (`sslvit.data.slices.SliceImages`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,12 @@ WINDOWS = {
 
 
 def parse_window(text: str) -> list[tuple[float, float]]:
-    """`(centre, width)` of each window in "lung", "brain,subdural,bone" or "-600:1500"."""
+    """`(centre, width)` of each window in "lung", "brain,subdural,bone" or "-600:1500".
+
+    Raises:
+        ValueError: An item is neither a preset nor CENTRE:WIDTH with a finite centre and a
+            finite positive width (empty items, as in "" or "lung,", included).
+    """
     windows = []
     for item in str(text).split(","):
         key = item.strip().lower().replace("-", "_")
@@ -44,10 +50,10 @@ def parse_window(text: str) -> list[tuple[float, float]]:
             window = (float(centre), float(width))
         except ValueError:
             window = None
-        if not sep or window is None or not window[1] > 0:
+        if not sep or window is None or not (math.isfinite(window[0]) and 0 < window[1] < math.inf):
             raise ValueError(
                 f"window {item.strip()!r}: expected a preset ({', '.join(WINDOWS)}) or "
-                "CENTRE:WIDTH with a positive width, e.g. -600:1500"
+                "CENTRE:WIDTH in HU, finite, with a positive width, e.g. -600:1500"
             )
         windows.append(window)
     return windows
@@ -68,10 +74,13 @@ class WindowedImages:
 
     def __init__(self, images: ImageSet, window: str) -> None:
         self.windows = parse_window(window)
-        if images.in_chans != 1:
+        # a colour file in a mostly grey set would be read as grey: its luma is not in HU
+        chans = getattr(images, "native_chans", None) or [images.in_chans]
+        bad = next((k for k, n_chans in enumerate(chans) if n_chans != 1), None)
+        if bad is not None:
+            name = images.names[bad] if len(images) else "the set"
             raise ValueError(
-                f"window {window!r}: windows apply to one-channel images; "
-                f"{images.names[0] if len(images) else 'the set'} has {images.in_chans}"
+                f"window {window!r}: windows apply to one-channel images; {name} has {chans[bad]}"
             )
         self.images = images
         self.names, self.labels, self.classes = images.names, images.labels, images.classes
@@ -94,7 +103,7 @@ def medmnist_spec(spec: str | Path) -> tuple[Path, str] | None:
     """
     text = str(spec)
     base, sep, split = text.rpartition(":")
-    if not (sep and split in MEDMNIST_SPLITS and base.lower().endswith(".npz")):
+    if not (sep and base.lower().endswith(".npz") and Path(base).is_file()):
         base, split = text, "train"
     path = Path(base)
     if path.suffix.lower() != ".npz" or not path.is_file():
@@ -104,8 +113,14 @@ def medmnist_spec(spec: str | Path) -> tuple[Path, str] | None:
             keys = set(archive.files)
     except Exception as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
-    if not any(f"{s}_images" in keys for s in MEDMNIST_SPLITS):
-        return None
+    present = [s for s in MEDMNIST_SPLITS if f"{s}_images" in keys]
+    if not present:
+        return None  # another .npz ("cube.npz:KEY" names an array of a hyperspectral cube)
+    if split not in MEDMNIST_SPLITS:
+        raise ValueError(
+            f"{path}: unknown split {split!r}; this MedMNIST file holds {', '.join(present)} "
+            f"(write {path}:{present[-1]})"
+        )
     return path, split
 
 
@@ -145,6 +160,11 @@ def open_medmnist(path: str | Path, split: str = "train", labeled: bool | None =
                 f"{path}: {name}_labels has shape {labels.shape}; one class per image is "
                 "needed (multi-label sets such as ChestMNIST can only pretrain, unlabelled)"
             )
+    if len(label_sets[split]) != len(images):
+        raise ValueError(
+            f"{path}: {split}_labels holds {len(label_sets[split])} labels for the "
+            f"{len(images)} images of {split}_images"
+        )
     n_classes = 1 + max(int(labels.max()) for labels in label_sets.values())
     classes = [str(k) for k in range(n_classes)]
     return ArrayImages(images, labels=label_sets[split].reshape(-1), classes=classes, names=names)

@@ -20,6 +20,9 @@ in `sslvit.data.bands`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import warnings
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -35,6 +38,47 @@ BACKENDS = ("auto", "rasterio", "tifffile")
 # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GDAL_METADATA, GDAL_NODATA
 GEO_TAGS = frozenset({33550, 33922, 34264, 34735, 42112, 42113})
 _TIFF_SUFFIXES = {".tif", ".tiff"}
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_TIFFFILE_LOG = logging.getLogger("tifffile")
+_QUIET = _DropAll()
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """Drop tifffile's log lines while inside: it logs what is wrong with a corrupt file ("invalid
+    offset to first page") before failing, and our own error already names the file and why."""
+    global _quiet_depth
+    with _quiet_lock:
+        _quiet_depth += 1
+        _TIFFFILE_LOG.addFilter(_QUIET)
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                _TIFFFILE_LOG.removeFilter(_QUIET)
+
+
+@contextlib.contextmanager
+def open_tiff(path: str | Path):
+    """A `tifffile.TiffFile` with at least one page, tifffile's own log lines silenced.
+
+    Raises:
+        UnreadableImageError: The file has no image page (not a valid TIFF).
+    """
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        if not tif.pages:
+            raise UnreadableImageError(f"{path}: not a valid TIFF (no image pages)")
+        yield tif
 
 
 @dataclass(frozen=True)
@@ -89,7 +133,7 @@ def is_raster(path: str | Path) -> bool:
     if Path(path).suffix.lower() not in _TIFF_SUFFIXES:
         return False
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             return has_geo_tags(tif)
     except Exception:  # noqa: BLE001 - any decoder failure: not a raster; read_array reports it
         return False
@@ -162,7 +206,7 @@ def _read_rasterio(path: Path) -> Raster:
 
 
 def _read_tifffile(path: Path) -> Raster:
-    with tifffile.TiffFile(path) as tif:
+    with open_tiff(path) as tif:
         series = tif.series[0]
         tags = tif.pages[0].tags
         try:
@@ -227,7 +271,7 @@ def raster_band_names(path: str | Path) -> tuple[str | None, ...] | None:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 return tuple(name_of_description(text) for text in src.descriptions)
-    with tifffile.TiffFile(path) as tif:
+    with open_tiff(path) as tif:
         tags = tif.pages[0].tags
         series = tif.series[0]
         sizes = dict(zip(series.axes, series.shape, strict=True))

@@ -212,9 +212,9 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    from sslvit.data.rasters import has_geo_tags, read_raster  # rasters imports this module
+    from sslvit.data.rasters import has_geo_tags, open_tiff, read_raster  # rasters imports this
 
-    with tifffile.TiffFile(path) as tif:
+    with open_tiff(path) as tif:
         if has_geo_tags(tif):
             return read_raster(path).array
         first = tif.series[0]

@@ -58,16 +58,19 @@ class SliceImages:
 
     Items, named relative to the folder (or to the file's folder):
         - a NIfTI volume: its slices along `slice_axis`, "head.nii.gz#z012" (letters x, y, z for
-          axes 0, 1, 2; a 4-D file's volumes as "fmri.nii.gz#t03z012");
+          axes 0, 1, 2; a 4-D file's volumes as "fmri.nii.gz#t003z012");
         - a multi-frame DICOM file: its frames, "cine.dcm#f007"; along axis 0 or 1, slices of
           its rows x columns x frames volume ("cine.dcm#x040"); colour files give frames only;
         - single-frame DICOM files: one image each, named by their path; along axis 0 or 1, the
           files of each series (same folder and SeriesInstanceUID) are stacked in slice order
-          (`read_dicom_series`) and cut: "ct/SERIES_UID#y100";
+          (`read_dicom_series`) and cut: "ct/SERIES_UID#y100"; files of another size than
+          most of their series are skipped;
         - other readable images (PNG, TIFF, ...): one each, as in `FolderImages`.
-    Constant slices of volumes (background only) are skipped and counted. Labels come from
-    class sub-folders; unreadable files and channel mismatches are handled as `FolderImages`
-    does. Every file is decoded once while indexing, volumes included.
+    Frame, slice and volume indices have at least three digits, more where the count needs
+    them, so that names sort in index order. Constant slices of volumes (background only) are
+    skipped and counted. Labels come from class sub-folders; unreadable files and channel
+    mismatches are handled as `FolderImages` does. Every file is decoded once while indexing,
+    volumes included.
 
     Args:
         source: A folder (searched recursively) or one NIfTI or DICOM file.
@@ -78,6 +81,7 @@ class SliceImages:
 
     Attributes:
         names, labels, classes, in_chans, skipped: As for `FolderImages`.
+        native_chans: Channels of each item in its file, before matching `in_chans`.
         n_empty: Constant slices left out.
     """
 
@@ -110,13 +114,14 @@ class SliceImages:
         for name, _, n_chans, _ in items:
             if not _channels_compatible(n_chans, self.in_chans):
                 problems[name] = f"has {n_chans} channels, most images have {self.in_chans}"
-        self._report(source, problems, len(files), strict)
+        self._report(source, problems, len(files), strict or source.is_file())
         items = sorted((i for i in items if i[0] not in problems), key=lambda i: i[0])
         if not items:
             raise ValueError(f"{source}: none of the {len(files)} files gives a readable image")
 
         self.names = [name for name, *_ in items]
         self._items = [item for _, item, _, _ in items]
+        self.native_chans = [n_chans for _, _, n_chans, _ in items]
         if file_classes is None:
             self.labels, self.classes = None, None
         else:
@@ -159,11 +164,12 @@ class SliceImages:
                 problems[name] = str(err).removeprefix(f"{path}: ")
         for (folder, uid), members in series.items():
             stem = uid if folder == "." else f"{folder}/{uid}"
-            paths = tuple(self.root / name for name, _ in members)
+            members = _same_size(members, problems)
+            paths = tuple(self.root / name for name, _, _ in members)
             try:
                 found += self._volume_items(stem, members[0][1], paths)
             except UnreadableImageError as err:
-                problems[members[0][0]] = str(err)
+                problems[members[0][0]] = str(err).removeprefix(f"{paths[0]}: ")
         probed = _probe_all([self.root / name for name, _ in plain])
         for (name, k), (n_chans, reason) in zip(plain, probed, strict=True):
             if reason is None:
@@ -194,7 +200,8 @@ class SliceImages:
             plain.append((name, k))
         else:
             uid = str(header.get("SeriesInstanceUID", name))
-            series.setdefault((str(Path(name).parent), uid), []).append((name, k))
+            size = (header.get("Rows"), header.get("Columns"))
+            series.setdefault((str(Path(name).parent), uid), []).append((name, k, size))
         return []
 
     def _volume_items(self, stem: str, k: int, paths: Path | tuple[Path, ...]) -> list[tuple]:
@@ -206,7 +213,7 @@ class SliceImages:
             kind = "series"
         data = self._load(kind, paths)
         letter, n_slices, n_t = _AXIS_LETTERS[self.axis], data.shape[self.axis], data.shape[3]
-        width, t_width = max(3, len(str(n_slices - 1))), len(str(n_t - 1))
+        width, t_width = max(3, len(str(n_slices - 1))), max(3, len(str(n_t - 1)))
         items = []
         for t in range(n_t):
             volume = _Volume(kind, paths, t)
@@ -276,6 +283,19 @@ def walk_images(root: Path) -> Iterator[tuple[str, bool]]:
             medical = is_nifti_name(filename) or is_dicom_file(path)
             if medical or path.suffix.lower() in READABLE_EXTENSIONS:
                 yield path.relative_to(root).as_posix(), medical
+
+
+def _same_size(members: list[tuple], problems: dict) -> list[tuple]:
+    """The `(name, k, (rows, columns))` of a series that have its most common size; the others
+    go to `problems`, so that one odd file does not cost the whole series."""
+    sizes = Counter(size for *_, size in members)
+    rows, columns = sizes.most_common(1)[0][0]
+    for name, _, size in members:
+        if size != (rows, columns):
+            problems[name] = (
+                f"{size[0]}x{size[1]} pixels, the other slices of its series are {rows}x{columns}"
+            )
+    return [member for member in members if member[2] == (rows, columns)]
 
 
 def _nonempty(volume: np.ndarray, axis: int) -> np.ndarray:

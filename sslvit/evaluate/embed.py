@@ -185,7 +185,14 @@ def embed_folder(
     job = init_distributed(device)
     try:
         encoder, info = load_encoder(encoder_path, device)
-        images = open_images(data, strict=strict, window=window, slice_axis=slice_axis)
+        images = open_images(
+            data,
+            strict=strict,
+            tile_size=info.tile_size,
+            tile_stride=info.tile_stride,
+            window=window,
+            slice_axis=slice_axis,
+        )
         images = encoder_images(images, info.bands, info.mean, bands, str(data))
         embeddings = embed_images(
             encoder, info, images, tokens or info.pool, batch_size, device, workers

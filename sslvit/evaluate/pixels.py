@@ -18,8 +18,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from sslvit.data.arrays import ArrayImages
+from sslvit.data.bands import band_label, check_encoder_bands, resolve_bands
 from sslvit.data.cubes import Cube, PixelWindows
 from sslvit.data.ground_truth import GroundTruth
+from sslvit.data.rasters import name_of_description
 from sslvit.data.splits import LabelSpec, label_subset, parse_label_spec
 from sslvit.data.stats import channel_stats
 from sslvit.evaluate.confusion import confusion_matrix, per_class_accuracy
@@ -84,6 +86,36 @@ def agreement_scores(matrix: torch.Tensor) -> dict[str, float]:
         "aa": 100.0 * average.item(),
         "kappa": kappa.item(),
     }
+
+
+def cube_bands(
+    cube: Cube,
+    bands: str | list[int | str] | None,
+    encoder_bands: list[str] | None = None,
+) -> Cube:
+    """The cube with the bands an encoder reads, in its order, checked against the encoder's.
+
+    Args:
+        cube: The scene.
+        bands: 0-based indices or names (`sslvit.data.bands`); None for `encoder_bands`, or
+            every band when that is None too.
+        encoder_bands: The encoder's bands (`EncoderInfo.bands`), or None.
+
+    Raises:
+        ValueError: A band the cube does not have, or chosen bands named otherwise than the
+            encoder's.
+    """
+    bands = encoder_bands if bands is None else bands
+    if bands is None:
+        return cube
+    names = None
+    if cube.band_names is not None:
+        names = [name_of_description(str(name)) for name in cube.band_names]
+    indices = resolve_bands(bands, names, cube.n_bands, cube.source)
+    labels = [band_label(k, names) for k in indices]
+    check_encoder_bands(labels, encoder_bands, cube.source)
+    wavelengths = None if cube.wavelengths is None else [cube.wavelengths[k] for k in indices]
+    return Cube(np.ascontiguousarray(cube.data[indices]), cube.source, labels, wavelengths)
 
 
 def random_encoder(

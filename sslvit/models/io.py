@@ -37,6 +37,10 @@ class EncoderInfo:
             `sslvit.models.band_groups.GroupedPatchEmbed` (timm needs `timm_options()` too).
         bands: The input bands in order, by name (by 0-based index, as text, where the data
             named none; see `sslvit.data.bands`), or None when the data named no band.
+        tile_size: Side in pixels of the tiles a hyperspectral cube was cut into for
+            pretraining (`sslvit.data.cubes.CubeTiles`), or None when the data was no cube.
+            Downstream commands cut cubes the same way.
+        tile_stride: Pixels between those tiles, or None.
     """
 
     model: str
@@ -51,6 +55,8 @@ class EncoderInfo:
     timm_name: str = ""
     band_groups: int = 0
     bands: list[str] | None = None
+    tile_size: int | None = None
+    tile_stride: int | None = None
 
     def __post_init__(self):
         self.img_size = tuple(int(s) for s in self.img_size)
@@ -77,7 +83,12 @@ class EncoderInfo:
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    # the mode a new file gets under the umask; safetensors writes its files 0600 whatever it is
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    mode = tmp.stat().st_mode & 0o777
     write(tmp)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

@@ -1,6 +1,7 @@
 """The pretraining loop: any registered method, one process or many under `torchrun`."""
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
 from sslvit.data.bands import band_names_of, fill_images, select_bands
+from sslvit.data.cubes import CubeTiles
 from sslvit.methods import build_method
 from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -99,6 +101,8 @@ class Trainer:
 
         self.images = self._open_data()
         self.method = self.build_method()
+        if saved is None:
+            self._check_method_fits()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.method, config.optim.weight_decay, self.method.no_weight_decay()),
             lr=0.0,
@@ -147,6 +151,9 @@ class Trainer:
             window=data.window,
             slice_axis=data.slice_axis,
         )
+        if isinstance(images, CubeTiles):
+            # recorded as resolved, so every later command cuts the cube the same way
+            data.tile_size, data.tile_stride = images.tile_size, images.stride
         images = select_bands(images, data.bands, data.path or "sample:train")
         data.bands = band_names_of(images)
         if data.in_chans is not None and data.in_chans != images.in_chans:
@@ -163,6 +170,31 @@ class Trainer:
                 f"{images.in_chans} channels"
             )
         return images
+
+    def _check_method_fits(self) -> None:
+        """Refuse, before anything is written to the run folder, a method that cannot train
+        this encoder.
+
+        An encoder with band groups has no plain patch embedding, which some methods need; one
+        forward pass of a copy of the method on two real views finds that out.
+        """
+        cfg = self.config
+        if not cfg.model.band_groups:
+            return
+        images = self.images
+        if not self.method.keeps_invalid_pixels:
+            images = fill_images(images, cfg.data.mean)
+        transform = self.method.views_transform(cfg.data, cfg.data.mean, cfg.data.std)
+        views = SeededViews(images, transform, cfg.run.seed)
+        batch = default_collate([views[i][0] for i in (0, min(1, len(views) - 1))])
+        probe = copy.deepcopy(self.method)  # a forward pass may move buffers (centres, queues)
+        try:
+            with torch.no_grad(), self._autocast():
+                probe(_to_device(batch, self.device))
+        except ValueError as err:
+            raise ValueError(
+                f"method {cfg.method.name} with model.band_groups={cfg.model.band_groups}: {err}"
+            ) from None
 
     def build_method(self):
         """The method with the weights this run starts from (seeded by `run.seed`)."""
@@ -256,6 +288,8 @@ class Trainer:
             method=cfg.method.name,
             band_groups=cfg.model.band_groups,
             bands=cfg.data.bands,
+            tile_size=cfg.data.tile_size,
+            tile_stride=cfg.data.tile_stride,
         )
 
     def _write_run_files(self) -> None:
