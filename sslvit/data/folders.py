@@ -152,26 +152,47 @@ class FolderImages:
                 problems[name] = f"has {n_chans} channels, most images have {in_chans}"
 
         if problems:
-            self.skipped = sorted(problems.items())
-            first, reason = self.skipped[0]
-            if strict:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise UnreadableImageError(f"{self.root / first}: {reason}{more}")
-            shown = "; ".join(f"{n} ({r})" for n, r in self.skipped[:_N_NAMED_IN_WARNING])
-            logger.warning(
-                "%s: skipped %d unreadable of %d files: %s%s",
-                self.root,
-                len(problems),
-                len(names),
-                shown,
-                " ..." if len(problems) > _N_NAMED_IN_WARNING else "",
-            )
+            self.skipped = report_skipped(self.root, self.root, problems, len(names), strict)
         keep = [k for k, name in enumerate(names) if name not in problems]
         self.native_chans = [results[k][0] for k in keep]  # before matching in_chans
         if not keep:
             raise ValueError(f"{self.root}: none of the {len(names)} image files is readable")
         kept_classes = None if class_names is None else [class_names[k] for k in keep]
         return [names[k] for k in keep], kept_classes, in_chans
+
+
+def report_skipped(
+    root: Path, source: Path, problems: dict, n_files: int, strict: bool, what: str = "files"
+) -> list[tuple[str, str]]:
+    """Stop on the first unreadable item (`strict`) or warn once, naming a few.
+
+    Args:
+        root: Folder the names in `problems` are relative to.
+        source: What the warning names (the folder, or a volume file).
+        problems: Reason for each skipped name.
+        n_files: How many were looked at.
+        strict: Raise `UnreadableImageError` for the first one instead of warning.
+        what: The noun counted in the warning.
+
+    Returns:
+        The skipped `(name, reason)` pairs, sorted by name.
+    """
+    skipped = sorted(problems.items())
+    first, reason = skipped[0]
+    if strict:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UnreadableImageError(f"{root / first}: {reason}{more}")
+    shown = "; ".join(f"{n} ({r})" for n, r in skipped[:_N_NAMED_IN_WARNING])
+    logger.warning(
+        "%s: skipped %d unreadable of %d %s: %s%s",
+        source,
+        len(problems),
+        n_files,
+        what,
+        shown,
+        " ..." if len(problems) > _N_NAMED_IN_WARNING else "",
+    )
+    return skipped
 
 
 def open_images(

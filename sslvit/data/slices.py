@@ -32,6 +32,7 @@ from sslvit.data.folders import (
     _match_channels,
     _probe_all,
     _sorted_classes,
+    report_skipped,
 )
 from sslvit.data.nifti import is_nifti_name, read_nifti
 from sslvit.data.readers import READABLE_EXTENSIONS, UnreadableImageError, read_image
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 _AXIS_LETTERS = "xyz"
 # Decoded volumes kept per process, so that reading slice after slice decodes a file once.
 _CACHE_BYTES = 512 * 2**20
-_N_NAMED_IN_WARNING = 5
 
 
 class _Volume(NamedTuple):
@@ -253,19 +253,8 @@ class SliceImages:
         if not problems:
             self.skipped = []
             return
-        self.skipped = sorted(problems.items())
-        first, reason = self.skipped[0]
-        if strict:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise UnreadableImageError(f"{self.root / first}: {reason}{more}")
-        shown = "; ".join(f"{n} ({r})" for n, r in self.skipped[:_N_NAMED_IN_WARNING])
-        logger.warning(
-            "%s: skipped %d unreadable of %d files or images: %s%s",
-            source,
-            len(problems),
-            n_files,
-            shown,
-            " ..." if len(problems) > _N_NAMED_IN_WARNING else "",
+        self.skipped = report_skipped(
+            self.root, source, problems, n_files, strict, what="files or images"
         )
 
 

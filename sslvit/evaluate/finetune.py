@@ -35,7 +35,7 @@ from sslvit.models.vit import resize_pos_embed
 from sslvit.train.checkpoint import save_checkpoint
 from sslvit.train.distributed import resolve_device, resolve_precision
 from sslvit.train.logger import RunLogger, format_duration
-from sslvit.train.loop import AUTOCAST_DTYPES, NonFiniteLossError, step_seed
+from sslvit.train.loop import AUTOCAST_DTYPES, step_seed, supervised_step
 from sslvit.train.optim import cosine_schedule, set_learning_rate
 from sslvit.train.sampler import StepBatches
 
@@ -211,18 +211,9 @@ class Finetuner:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.model(views)
         loss = soft_cross_entropy(logits, targets)
-        if not torch.isfinite(loss):
-            last = self.run_dir / "checkpoints" / "last.pt"
-            raise NonFiniteLossError(
-                f"step {step + 1}: the loss is {loss.item()} in {self.precision}; the last good "
-                f"checkpoint ({last if last.exists() else 'none written yet'}) is unchanged; "
-                "try a lower --lr or --precision fp32"
-            )
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return supervised_step(
+            loss, step, self.precision, self.run_dir, self.scaler, self.optimizer
+        )
 
     def _save(self, name: str, epoch: int, top1: float, full: bool) -> None:
         state = {

@@ -45,7 +45,7 @@ from sslvit.models.segmentation import ViTSegmenter
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
 from sslvit.train.distributed import resolve_device, resolve_precision
 from sslvit.train.logger import RunLogger, format_duration
-from sslvit.train.loop import AUTOCAST_DTYPES, NonFiniteLossError
+from sslvit.train.loop import AUTOCAST_DTYPES, supervised_step
 from sslvit.train.optim import cosine_schedule, param_groups, set_learning_rate
 from sslvit.train.sampler import StepBatches
 
@@ -209,18 +209,9 @@ class Segmenter:
         n_kept = (targets != IGNORE).sum().clamp_min(1)
         loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
         loss = loss / n_kept
-        if not torch.isfinite(loss):
-            last = self.run_dir / "checkpoints" / "last.pt"
-            raise NonFiniteLossError(
-                f"step {step + 1}: the loss is {loss.item()} in {self.precision}; the last good "
-                f"checkpoint ({last if last.exists() else 'none written yet'}) is unchanged; "
-                "try a lower --lr or --precision fp32"
-            )
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return supervised_step(
+            loss, step, self.precision, self.run_dir, self.scaler, self.optimizer
+        )
 
     def _save(self, name: str, epoch: int, miou: float, full: bool) -> None:
         state = {

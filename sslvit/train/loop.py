@@ -43,6 +43,26 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was left as it was."""
 
 
+def supervised_step(loss, step: int, precision: str, run_dir: Path, scaler, optimizer) -> float:
+    """Backward pass and optimiser step of a supervised trainer (fine-tuning, segmentation).
+
+    Stops with `NonFiniteLossError` before any weight changes when the loss is NaN or
+    infinite, naming the step, the precision and the untouched last checkpoint.
+    """
+    if not torch.isfinite(loss):
+        last = run_dir / "checkpoints" / "last.pt"
+        raise NonFiniteLossError(
+            f"step {step + 1}: the loss is {loss.item()} in {precision}; the last good "
+            f"checkpoint ({last if last.exists() else 'none written yet'}) is unchanged; "
+            "try a lower --lr or --precision fp32"
+        )
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of the random numbers a method draws at `step` on `rank` (masks, crops).
 
