@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per budget below 100%%")
     parser.add_argument("--protocols", default="linear,finetune")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per run")
+    parser.add_argument(
+        "--min-steps", type=int, default=0, help="fine-tuning steps at least, for small budgets"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr per 256 images")
     parser.add_argument("--min-crop", type=float, default=0.08, help="fine-tuning crop scale")
     parser.add_argument("--bank", type=int, default=0, help="labelled pool (0 = all 50,000)")
@@ -72,11 +75,12 @@ def main() -> None:
 
     finetune = FinetuneConfig(
         epochs=args.epochs,
+        min_steps=args.min_steps,
         base_lr=args.lr,
         crop_scale=(args.min_crop, 1.0),
         device=args.device,
         workers=args.workers,
-        eval_every=args.epochs,  # test once, after the last epoch
+        eval_every=0,  # test once, after the last epoch
     )
     config = EfficiencyConfig(
         budgets=tuple(args.fractions.split(",")),

@@ -241,3 +241,24 @@ def test_each_method_trains_resumes_exactly_and_exports(method, digits_folder, t
 
     losses = step_losses(tmp_path / "whole")
     assert all(math.isfinite(v) for v in losses.values()) and len(losses) == 6
+
+
+@pytest.mark.parametrize("fix_pred_lr", [True, False])
+def test_simsiam_predictor_rate_stays_at_its_peak_after_warm_up(
+    fix_pred_lr, digits_folder, tmp_path
+):
+    heads = {**SMALL_HEADS["simsiam"], "fix_pred_lr": fix_pred_lr}
+    trainer = Trainer(_config(digits_folder, tmp_path / "run", "simsiam", steps=6, **heads))
+    trainer.train()  # ends on the last step's rates: the cosine is near its end
+    predictor = {id(p) for p in trainer.method.predictor.parameters()}
+    rates = {True: set(), False: set()}
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            rates[id(param) in predictor].add(group["lr"])
+    (others,) = rates[False]
+    assert others < trainer.peak_lr / 2
+    assert rates[True] == ({trainer.peak_lr} if fix_pred_lr else {others})
+    # every trainable parameter is in exactly one group
+    grouped = [id(p) for g in trainer.optimizer.param_groups for p in g["params"]]
+    trainable = [id(p) for p in trainer.method.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)

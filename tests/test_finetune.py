@@ -247,12 +247,28 @@ def test_finetune_a_pretrained_encoder_at_another_size(pretrained, digits_folder
     assert model(torch.zeros(3, 1, 16, 24)).shape == (3, 10)
 
 
+def test_min_steps_adds_whole_epochs_and_eval_every_0_tests_once(digits_folder, tmp_path, capsys):
+    out = tmp_path / "few"
+    args = ["finetune", "--encoder", "none", "--data", str(digits_folder), "--out", str(out)]
+    # 2 labels per class: 20 images, 2 steps of 10 per epoch; 7 steps need 4 epochs
+    few = ["--labels", "2", "--min-steps", "7", "--eval-every", "0"]
+    assert main([*args, "--img-size", "16", "--patch-size", "8", *FAST, *few, "--epochs", "1"]) == 0
+    result = _last_json(capsys)
+    assert (result["n_train"], result["epochs"]) == (20, 4)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == [2, 4, 6, 8]
+    assert ["top1" in r for r in epochs] == [False, False, False, True]
+    assert json.loads((out / "finetune.json").read_text())["total_steps"] == 8
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--img-size", "20", "--patch-size", "8"], "not divisible"),
         (["--min-crop", "1.5"], "--min-crop 1.5"),
         (["--layer-decay", "0"], "--layer-decay 0"),
+        (["--min-steps", "-1"], "--min-steps -1"),
         (["--labels", "ten"], "label spec 'ten'"),
     ],
 )

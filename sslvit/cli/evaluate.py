@@ -106,7 +106,7 @@ def _eval_efficiency(args: argparse.Namespace) -> None:
         raise ValueError("--labels: eval efficiency takes its label budgets from --fractions")
     finetune = _finetune_config(args)
     if args.eval_every is None:
-        finetune.eval_every = finetune.epochs  # test once, after the last epoch
+        finetune.eval_every = 0  # test once, after the last epoch
     chosen = {
         "budgets": args.fractions and tuple(args.fractions.split(",")),
         "n_seeds": args.seeds,
@@ -222,7 +222,7 @@ def add_eval(sub) -> None:
 FINETUNE_OPTIONS = (
     "epochs", "batch_size", "base_lr", "layer_decay", "drop_path", "label_smoothing", "mixup",
     "cutmix", "img_size", "model", "patch_size", "labels", "seed", "device", "precision",
-    "workers", "eval_every", "hflip",
+    "workers", "eval_every", "hflip", "min_steps",
 )  # fmt: skip
 
 
@@ -261,6 +261,11 @@ def _add_finetune_recipe(p) -> list[argparse.Action]:
             "the encoder's; finetune --encoder none: 224, 28 on the sample)",
         ),
         p.add_argument("--epochs", type=int, help="passes over the labelled images (100)"),
+        p.add_argument(
+            "--min-steps",
+            type=int,
+            help="more epochs when needed to reach this many steps, for few labels (0 = off)",
+        ),
         p.add_argument("--batch-size", type=int, help="images per step, capped at the labels (64)"),
         p.add_argument(
             "--lr",
@@ -295,7 +300,11 @@ def _add_finetune_recipe(p) -> list[argparse.Action]:
             default=None,
             help="no random horizontal flips (for digits, text, or anything a mirror changes)",
         ),
-        p.add_argument("--eval-every", type=int, help="test every N epochs and at the end (1)"),
+        p.add_argument(
+            "--eval-every",
+            type=int,
+            help="test every N epochs and at the end; 0 = at the end only (1; eval efficiency: 0)",
+        ),
         p.add_argument(
             "--precision",
             choices=["auto", "fp32", "bf16", "fp16"],

@@ -50,9 +50,13 @@ class FinetuneConfig:
     no layer holds anything worth protecting. `img_size` None keeps the encoder's input size
     (from scratch: 224). `model` and `patch_size` only apply from scratch. `labels` is a budget
     for `label_subset` ("10%", "5" per class, None for all). `base_lr` is per 256 images.
+    `min_steps` lengthens a run on few labels to at least that many optimiser steps (whole
+    epochs): 1 % of a dataset is a few steps per epoch, too few for any encoder to learn in.
+    `eval_every` 0 tests only after the last epoch.
     """
 
     epochs: int = 100
+    min_steps: int = 0
     batch_size: int = 64
     base_lr: float = 1e-3
     min_lr: float = 1e-6
@@ -93,7 +97,8 @@ def _check(config: FinetuneConfig) -> None:
         ("--mixup", config.mixup, config.mixup >= 0),
         ("--cutmix", config.cutmix, config.cutmix >= 0),
         ("--min-crop", config.crop_scale[0], 0 < config.crop_scale[0] <= config.crop_scale[1]),
-        ("--eval-every", config.eval_every, config.eval_every >= 1),
+        ("--min-steps", config.min_steps, config.min_steps >= 0),
+        ("--eval-every", config.eval_every, config.eval_every >= 0),
     ]
     for option, value, ok in limits:
         if not ok:
@@ -175,7 +180,8 @@ class Finetuner:
         cfg = self.config
         self.batch = min(cfg.batch_size, len(self.train_images))
         self.steps_per_epoch = len(self.train_images) // self.batch
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.epochs = max(cfg.epochs, math.ceil(cfg.min_steps / self.steps_per_epoch))
+        self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = min(
             round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps // 5
         )
@@ -240,7 +246,7 @@ class Finetuner:
             "pool": self.info.pool,
             "img_size": list(self.info.img_size),
             "patch_size": self.info.patch_size,
-            "epochs": cfg.epochs,
+            "epochs": self.epochs,
             "lr": self.peak_lr,
             "layer_decay": self.layer_decay,
         }
@@ -297,7 +303,7 @@ class Finetuner:
                 continue
             record = {"kind": "epoch", "step": step + 1, "epoch": epoch, "loss": np.mean(losses)}
             losses = []
-            if (epoch + 1) % cfg.eval_every == 0 or last_step:
+            if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last_step:
                 logits, test_labels, scores = self._evaluate()
                 record.update(scores)
                 if scores["top1"] > best["top1"]:

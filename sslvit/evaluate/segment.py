@@ -357,9 +357,8 @@ class Segmenter:
         title = (
             f"last model: mIoU {scores['miou']:.1f} %, pixel accuracy {scores['pixel_acc']:.1f} %"
         )
-        overlay_figure(
-            rows, self.coding.n_classes, self.run_dir / "figures" / "segmentation.png", title
-        )
+        figure = self.run_dir / "figures" / "segmentation.png"
+        overlay_figure(rows, self.coding.n_classes, figure, title, self.coding.names)
         result = {
             "kind": "segment",
             "miou": scores["miou"],

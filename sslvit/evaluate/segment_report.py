@@ -64,14 +64,17 @@ def save_index_png(values: np.ndarray, path: str | Path, palette: list[int] | No
     return path
 
 
-def _colours(masks: list[np.ndarray], n_classes: int, image: np.ndarray) -> np.ndarray:
-    """`[H, W]` class indices (or `IGNORE`) blended over an RGB picture `[H, W, 3]`."""
+def class_colours(n_classes: int) -> np.ndarray:
+    """RGB in [0, 1] of each class `[K, 3]`: tab10 up to 10 classes, tab20 (repeating) above."""
     import matplotlib
 
-    cmap = "tab10" if n_classes <= 10 else "tab20"
-    table = matplotlib.colormaps[cmap](np.arange(n_classes) % (10 if n_classes <= 10 else 20))[
-        :, :3
-    ]
+    cycle = 10 if n_classes <= 10 else 20
+    return matplotlib.colormaps[f"tab{cycle}"](np.arange(n_classes) % cycle)[:, :3]
+
+
+def _colours(masks: np.ndarray, n_classes: int, image: np.ndarray) -> np.ndarray:
+    """`[H, W]` class indices (or `IGNORE`) blended over an RGB picture `[H, W, 3]`."""
+    table = class_colours(n_classes)
     coloured = image.copy()
     kept = masks >= 0
     coloured[kept] = 0.45 * image[kept] + 0.55 * table[masks[kept]]
@@ -88,7 +91,9 @@ def _picture(image: torch.Tensor) -> np.ndarray:
     return scaled.permute(1, 2, 0).numpy().astype(np.float64)
 
 
-def overlay_figure(rows: list[tuple], n_classes: int, path: str | Path, title: str = "") -> Path:
+def overlay_figure(
+    rows: list[tuple], n_classes: int, path: str | Path, title: str = "", names=None
+) -> Path:
     """Image, ground truth and prediction side by side, the classes coloured over the image.
 
     Args:
@@ -97,6 +102,7 @@ def overlay_figure(rows: list[tuple], n_classes: int, path: str | Path, title: s
         n_classes: Classes K (fixes the colours).
         path: PNG file to write.
         title: Line above the picture.
+        names: Class names for a legend of the colours under the picture (none without).
 
     Returns:
         The path written.
@@ -119,7 +125,18 @@ def overlay_figure(rows: list[tuple], n_classes: int, path: str | Path, title: s
             a.set_axis_off()
             a.set_title([name, "ground truth", "prediction"][k], fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout()
+    if names:
+        from matplotlib.patches import Patch
+
+        handles = [
+            Patch(color=colour, label=str(name))
+            for colour, name in zip(class_colours(n_classes), names, strict=True)
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+        legend_inches = 0.25 + 0.2 * -(-len(handles) // 6)  # a line per 6 classes
+        fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -6,6 +6,7 @@ from torch import nn
 
 from sslvit.data.views import train_transform
 from sslvit.methods.registry import method_class
+from sslvit.train.optim import param_groups
 
 
 class Method(nn.Module):
@@ -45,6 +46,11 @@ class Method(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names (or name suffixes) of parameters that take no weight decay besides 1-D ones."""
         return {"pos_embed", "cls_token", "mask_token", "group_embed", "decoder_group_embed"}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The optimiser's parameter groups: decayed and not (see `param_groups`); a method
+        whose parts train on another schedule splits them further."""
+        return param_groups(self, weight_decay, self.no_weight_decay())
 
     def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         """Called before the forward passes of each optimiser step (per-step schedules such

@@ -22,13 +22,15 @@ from sslvit.models.heads import MLPHead
 @dataclass
 class SimSiamConfig(TwoViewConfig):
     """The paper's defaults: 3-layer projector of width 2048 ending in BatchNorm, predictor
-    2048 -> 512 -> 2048, stop-gradient on, crop scale 0.2-1, colour jitter 0.4/0.4/0.4/0.1
+    2048 -> 512 -> 2048, stop-gradient on, the predictor's learning rate held at its peak
+    (`fix_pred_lr`, the paper's section 4.2), crop scale 0.2-1, colour jitter 0.4/0.4/0.4/0.1
     with p 0.8, grey p 0.2, blur p 0.5 on both views, no solarisation."""
 
     name: str = "simsiam"
     proj_dim: int = 2048
     pred_hidden_dim: int = 512
     stop_gradient: bool = True
+    fix_pred_lr: bool = True
     crop_scale: tuple[float, float] = (0.2, 1.0)
     saturation: float = 0.4
     blur_prob: tuple[float, float] = (0.5, 0.5)
@@ -53,6 +55,22 @@ class SimSiam(TwoViewMethod):
             encoder.embed_dim, config.proj_dim, config.proj_dim, 3, last_norm="bn_no_affine"
         )
         self.predictor = MLPHead(config.proj_dim, config.pred_hidden_dim, config.proj_dim, 2)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """With `fix_pred_lr`, the predictor in groups of its own whose rate stops at the peak
+        after warm-up instead of decaying (the paper's default: it found the predictor must
+        keep adapting to the latest representations)."""
+        groups = super().param_groups(weight_decay)
+        if not self.config.fix_pred_lr:
+            return groups
+        predictor = {id(p) for p in self.predictor.parameters()}
+        split = []
+        for group in groups:
+            for held in (False, True):
+                params = [p for p in group["params"] if (id(p) in predictor) == held]
+                if params:
+                    split.append({**group, "params": params, "hold_lr": held})
+        return split
 
     def forward(self, views) -> tuple[torch.Tensor, dict[str, float]]:
         v1, v2 = self.check_views(views)

@@ -32,7 +32,7 @@ from sslvit.train.distributed import (
     resolve_precision,
 )
 from sslvit.train.logger import RunLogger, format_duration
-from sslvit.train.optim import cosine_schedule, param_groups, set_learning_rate
+from sslvit.train.optim import cosine_schedule, set_learning_rate
 from sslvit.train.sampler import StepBatches, batches_per_epoch
 
 log = logging.getLogger("sslvit")
@@ -124,7 +124,7 @@ class Trainer:
         if saved is None:
             self._check_method_fits()
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.method, config.optim.weight_decay, self.method.no_weight_decay()),
+            self.method.param_groups(config.optim.weight_decay),
             lr=0.0,
             betas=tuple(config.optim.betas),
             # one fused kernel instead of a loop over ~150 tensors: the loop cost a third of a
@@ -394,7 +394,8 @@ class Trainer:
             first, last = micro % accum == 0, micro % accum == accum - 1
             if first:
                 torch.manual_seed(step_seed(cfg.run.seed, step, self.dist.rank))
-                set_learning_rate(self.optimizer, self._lr(step))
+                held = self.peak_lr if step >= self.warmup_steps else None
+                set_learning_rate(self.optimizer, self._lr(step), held)
                 self._set_weight_decay(step)
                 self.method.start_step(step, self.total_steps, self.steps_per_epoch)
                 step_loss, step_logs = 0.0, {}

@@ -42,10 +42,17 @@ def cosine_schedule(
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's learning rate to `lr` times the group's `lr_scale` (default 1)."""
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, lr: float, held: float | None = None
+) -> None:
+    """Set every group's learning rate to `lr` times the group's `lr_scale` (default 1).
+
+    A group marked `hold_lr` (SimSiam's predictor) takes `held` instead when it is given: the
+    trainer passes the peak rate once warm-up is over, so that group never decays.
+    """
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        rate = held if held is not None and group.get("hold_lr") else lr
+        group["lr"] = rate * group.get("lr_scale", 1.0)
 
 
 def layer_decay_groups(
