@@ -262,3 +262,14 @@ def test_simsiam_predictor_rate_stays_at_its_peak_after_warm_up(
     grouped = [id(p) for g in trainer.optimizer.param_groups for p in g["params"]]
     trainable = [id(p) for p in trainer.method.parameters() if p.requires_grad]
     assert sorted(grouped) == sorted(trainable)
+
+
+def test_resuming_with_other_parameter_groups_is_a_clear_error(digits_folder, tmp_path):
+    heads = SMALL_HEADS["simsiam"]
+    config = _config(digits_folder, tmp_path / "run", "simsiam", fix_pred_lr=False, **heads)
+    config.run.stop_at_step = 1
+    Trainer(config).train()
+    changed = _config(digits_folder, tmp_path / "run", "simsiam", fix_pred_lr=True, **heads)
+    with pytest.raises(ValueError, match="optimiser state does not fit") as caught:
+        Trainer(changed, resume=True)
+    assert str(tmp_path / "run" / "checkpoints" / "last.pt") in str(caught.value)

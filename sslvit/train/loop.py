@@ -257,7 +257,14 @@ class Trainer:
 
     def _restore(self, saved: dict) -> None:
         self.method.load_state_dict(saved["method"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except ValueError as err:  # parameter groups of another method setting or version
+            raise ValueError(
+                f"{self.ckpt_path}: its optimiser state does not fit this run's parameter groups "
+                f"({err}); resume with the settings it was trained with (see "
+                f"{self.run_dir / 'config.yaml'}) or start a new --out"
+            ) from err
         if "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
         self.start_step = int(saved["step"])
