@@ -50,6 +50,22 @@ def test_each_block_trains_at_its_decayed_rate(decay):
     )
 
 
+def test_head_reads_standardised_features_whatever_the_encoders_offset_and_scale():
+    torch.manual_seed(0)
+    encoder = create_vit("vit_tiny", (16, 16), 8, 1)
+    with torch.no_grad():  # features of one large shared component and tiny differences
+        encoder.norm.weight.mul_(0.1)
+        encoder.norm.bias.add_(50.0)
+    model = ViTClassifier(encoder, 3, "cls").train()
+    seen = {}
+    model.head.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    model(torch.randn(16, 1, 16, 16))
+    assert seen["x"].mean(0).abs().max() < 0.05  # raw: about 50, differences of 0.1
+    assert torch.allclose(seen["x"].std(0, unbiased=False), torch.ones(192), atol=0.05)
+    model.eval()  # running statistics: one image at a time works
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 3)
+
+
 def test_layer_decay_one_gives_every_parameter_the_same_rate():
     model = ViTClassifier(create_vit("vit_tiny", 16, 8, 3), n_classes=4, pool="mean")
     optimizer = torch.optim.AdamW(finetune_param_groups(model, 0.05, 1.0))

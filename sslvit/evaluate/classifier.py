@@ -17,21 +17,32 @@ HEAD_INIT_STD = 2e-5
 
 
 class ViTClassifier(nn.Module):
-    """An encoder, its pooling ("cls" or "mean" of the final normalised tokens), a linear head.
+    """An encoder, its pooling ("cls" or "mean" of the final normalised tokens), a BatchNorm
+    without affine parameters, and a linear head.
+
+    The BatchNorm is MAE's linear-probe head (He et al., 2022, appendix A.2), kept for
+    fine-tuning: a masked-image encoder's features can share one large component and differ
+    between images only in a small one (the demo's MAE class token: embedding spread 0.0016 for a
+    healthy 0.07). A head that reads them raw starts with the same logits for every image, and
+    its near-zero initialisation passes almost no gradient to the encoder, so the loss sits at
+    ln K; standardised per dimension, the differences reach the head from the first step.
 
     Maps normalised images `[B, C, H, W]` at the encoder's input size to logits `[B, K]`.
+    Training needs batches of two or more images (batch statistics).
     """
 
     def __init__(self, encoder: VisionTransformer, n_classes: int, pool: str):
         super().__init__()
         self.encoder = encoder
         self.pool = pool
+        self.feature_norm = nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6)
         self.head = nn.Linear(encoder.embed_dim, n_classes)
         nn.init.trunc_normal_(self.head.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled_features(self.encoder, images, self.pool))
+        features = pooled_features(self.encoder, images, self.pool)
+        return self.head(self.feature_norm(features.float()))
 
 
 def vit_layer(name: str, depth: int) -> int:

@@ -179,6 +179,11 @@ class Finetuner:
     def _plan(self, pretrained: bool) -> None:
         cfg = self.config
         self.batch = min(cfg.batch_size, len(self.train_images))
+        if self.batch < 2:  # the head's BatchNorm needs two images to a batch
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} with {len(self.train_images)} labelled training "
+                "image(s): fine-tuning needs batches of at least 2"
+            )
         self.steps_per_epoch = len(self.train_images) // self.batch
         self.epochs = max(cfg.epochs, math.ceil(cfg.min_steps / self.steps_per_epoch))
         self.total_steps = self.epochs * self.steps_per_epoch
