@@ -84,25 +84,36 @@ class FinetuneConfig:
 def _check(config: FinetuneConfig) -> None:
     """Fail before any work on a setting outside its range, naming the option."""
     limits = [
-        ("--epochs", config.epochs, config.epochs >= 1),
-        ("--batch-size", config.batch_size, config.batch_size >= 1),
-        ("--lr", config.base_lr, config.base_lr > 0),
+        ("--epochs", config.epochs, config.epochs >= 1, "at least 1"),
+        ("--batch-size", config.batch_size, config.batch_size >= 2, "at least 2"),
+        ("--lr", config.base_lr, config.base_lr > 0, "above 0"),
         (
             "--layer-decay",
             config.layer_decay,
             config.layer_decay is None or 0 < config.layer_decay <= 1,
+            "in (0, 1]",
         ),
-        ("--drop-path", config.drop_path, 0 <= config.drop_path < 1),
-        ("--label-smoothing", config.label_smoothing, 0 <= config.label_smoothing < 1),
-        ("--mixup", config.mixup, config.mixup >= 0),
-        ("--cutmix", config.cutmix, config.cutmix >= 0),
-        ("--min-crop", config.crop_scale[0], 0 < config.crop_scale[0] <= config.crop_scale[1]),
-        ("--min-steps", config.min_steps, config.min_steps >= 0),
-        ("--eval-every", config.eval_every, config.eval_every >= 0),
+        ("--drop-path", config.drop_path, 0 <= config.drop_path < 1, "in [0, 1)"),
+        (
+            "--label-smoothing",
+            config.label_smoothing,
+            0 <= config.label_smoothing < 1,
+            "in [0, 1)",
+        ),
+        ("--mixup", config.mixup, config.mixup >= 0, "0 or more"),
+        ("--cutmix", config.cutmix, config.cutmix >= 0, "0 or more"),
+        (
+            "--min-crop",
+            config.crop_scale[0],
+            0 < config.crop_scale[0] <= config.crop_scale[1],
+            f"in (0, {config.crop_scale[1]:g}]",
+        ),
+        ("--min-steps", config.min_steps, config.min_steps >= 0, "0 or more"),
+        ("--eval-every", config.eval_every, config.eval_every >= 0, "0 or more"),
     ]
-    for option, value, ok in limits:
+    for option, value, ok, allowed in limits:
         if not ok:
-            raise ValueError(f"{option} {value}: out of range (see sslvit finetune --help)")
+            raise ValueError(f"{option} {value}: must be {allowed}")
 
 
 def _build(encoder: str | Path | None, config: FinetuneConfig, train_images):
@@ -283,12 +294,13 @@ class Finetuner:
         (self.run_dir / "finetune.json").write_text(json.dumps(settings, indent=2) + "\n")
         logger = RunLogger(self.run_dir, self.total_steps, 0, True)
         log.info(
-            "fine-tuning %s on %d images, testing on %d | %s px | %d steps of %d | layer decay "
-            "%g | %s, %s",
+            "fine-tuning %s on %d images, testing on %d | %s px | %d epochs, %d steps of %d | "
+            "layer decay %g | %s, %s",
             self.encoder_source or f"{cfg.model} from scratch",
             len(self.train_images),
             len(self.test_images),
             "x".join(map(str, self.info.img_size)),
+            self.epochs,
             self.total_steps,
             self.batch,
             self.layer_decay,
