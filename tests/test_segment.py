@@ -207,10 +207,13 @@ def test_segment_synthetic_shapes_from_scratch(shapes, tmp_path, capsys):
     args = ["segment", "--encoder", "none", "--images", str(shapes / "images")]
     args += ["--masks", str(shapes / "masks"), "--split", "0.25", "--out", str(out)]
     size = ["--img-size", "32x48", "--patch-size", "8", "--epochs", "8", "--lr", "3e-3"]
-    assert main([*args, *size, "--unfreeze-epochs", "2", *FAST]) == 0
+    names = ["--class-names", "background,disc, square"]
+    assert main([*args, *size, "--unfreeze-epochs", "2", *names, *FAST]) == 0
     result = _last_json(capsys)
     _check_run(out, result, 10)
-    assert (result["n_train"], result["n_test"], result["classes"]) == (12, 4, ["0", "1", "2"])
+    classes = ["background", "disc", "square"]
+    assert (result["n_train"], result["n_test"], result["classes"]) == (12, 4, classes)
+    assert list(result["per_class_iou"]) == classes
     assert result["img_size"] == [32, 48] and not result["binary_masks"]
 
     predictions = sorted((out / "predictions").glob("*.png"))
@@ -269,6 +272,7 @@ def test_segment_real_em_membranes(tmp_path, capsys):
         (["--test-images", "x"], "--test-images and --test-masks go together"),
         (["--min-crop", "0"], "--min-crop 0"),
         (["--masks", "/nonexistent-masks"], "no such folder of masks"),
+        (["--class-names", "a,b", "--epochs", "1"], "--class-names: 2 names for the 3 classes"),
     ],
 )
 def test_bad_segment_options_are_one_clear_line(shapes, tmp_path, capsys, extra, message):

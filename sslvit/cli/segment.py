@@ -24,6 +24,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
         config.unfreeze_epochs = config.epochs
     if args.min_crop is not None:
         config.crop_scale = (args.min_crop, 1.0)
+    if args.class_names is not None:
+        config.class_names = [name.strip() for name in args.class_names.split(",")]
     if args.ignore_index is not None and args.ignore_index < 0:
         config.ignore_index = None
     train = _pairs_with_bands(SegmentationPairs(args.images, args.masks, strict=args.strict), args)
@@ -117,6 +119,11 @@ def add_segment(sub) -> None:
         type=int,
         help="mask value left out of loss and metrics, e.g. 11 for CamVid's void; -1 = none "
         "(255). Masks holding only 0 and 255 are read as binary",
+    )
+    p.add_argument(
+        "--class-names",
+        help="comma-separated names of the classes in class order, for the results and the "
+        "picture's legend, e.g. background,membrane (default: the mask values)",
     )
     p.add_argument("--batch-size", type=int, help="images per step, capped at the pairs (8)")
     p.add_argument(

@@ -60,7 +60,8 @@ class SegmentConfig:
     is the decoder's peak learning rate as it is, not scaled by the batch (every image brings
     thousands of labelled pixels). `img_size` None keeps the encoder's input size (from
     scratch: 224); `model` and `patch_size` only apply from scratch. `ignore_index` is the mask
-    value left out of loss and metrics (None: none).
+    value left out of loss and metrics (None: none). `class_names` names the classes in the
+    results and the picture's legend, one per class in class order (None: the mask values).
     """
 
     epochs: int = 30
@@ -87,6 +88,7 @@ class SegmentConfig:
     eval_every: int = 1
     log_every: int = 20
     n_figure: int = 4
+    class_names: list[str] | None = None
 
 
 def _check(config: SegmentConfig) -> None:
@@ -135,6 +137,14 @@ class Segmenter:
         self.dtype = AUTOCAST_DTYPES.get(self.precision)
         self.train_pairs, self.test_pairs = train_pairs, test_pairs
         self.coding = mask_coding(train_pairs.values | test_pairs.values, config.ignore_index)
+        if config.class_names is not None:
+            if len(config.class_names) != self.coding.n_classes:
+                raise ValueError(
+                    f"--class-names: {len(config.class_names)} names for the "
+                    f"{self.coding.n_classes} classes of the masks (values "
+                    f"{', '.join(self.coding.names)})"
+                )
+            self.coding = dataclasses.replace(self.coding, names=list(config.class_names))
 
         torch.manual_seed(config.seed)
         vit, self.info = _build(encoder, config, train_pairs.images)
