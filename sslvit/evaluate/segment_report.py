@@ -64,6 +64,9 @@ def save_index_png(values: np.ndarray, path: str | Path, palette: list[int] | No
     return path
 
 
+LEGEND_COLUMNS = 6  # class names per line of the overlay's legend
+
+
 def class_colours(n_classes: int) -> np.ndarray:
     """RGB in [0, 1] of each class `[K, 3]`: tab10 up to 10 classes, tab20 (repeating) above."""
     import matplotlib
@@ -129,11 +132,12 @@ def overlay_figure(
         from matplotlib.patches import Patch
 
         handles = [
-            Patch(color=colour, label=str(name))
+            Patch(color=colour, label=name)
             for colour, name in zip(class_colours(n_classes), names, strict=True)
         ]
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
-        legend_inches = 0.25 + 0.2 * -(-len(handles) // 6)  # a line per 6 classes
+        columns = min(LEGEND_COLUMNS, len(handles))
+        fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8)
+        legend_inches = 0.25 + 0.2 * -(-len(handles) // columns)  # inches per legend line
         fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     else:
         fig.tight_layout()
