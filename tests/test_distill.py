@@ -12,7 +12,7 @@ from sslvit.cli import main
 from sslvit.methods import build_method
 from sslvit.methods.dino import DINOConfig, dino_loss, local_crop_size
 from sslvit.methods.ibot import IBOTConfig, masked_patch_distill
-from sslvit.methods.maskfeat import hog_targets
+from sslvit.methods.maskfeat import default_cell_size, hog_targets
 from sslvit.methods.masking import block_masks
 from sslvit.models import EncoderInfo, create_vit, save_encoder
 from sslvit.train.loop import Trainer
@@ -139,13 +139,18 @@ def reference_hog(image: np.ndarray, patch: int, cell: int, bins: int) -> np.nda
     return np.stack(out)
 
 
-def test_hog_targets_match_a_direct_computation():
+@pytest.mark.parametrize("cell", [2, 4])
+def test_hog_targets_match_a_direct_computation(cell):
     rng = np.random.default_rng(0)
     image = rng.random((2, 8, 12))
-    got = hog_targets(torch.tensor(image).unsqueeze(0).float(), 4, 2, 9)[0].numpy()
-    want = np.concatenate([reference_hog(image[c], 4, 2, 9) for c in range(2)], axis=1)
-    assert got.shape == (6, 2 * 9 * 4)
+    got = hog_targets(torch.tensor(image).unsqueeze(0).float(), 4, cell, 9)[0].numpy()
+    want = np.concatenate([reference_hog(image[c], 4, cell, 9) for c in range(2)], axis=1)
+    assert got.shape == (6, 2 * 9 * (4 // cell) ** 2)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_default_hog_cells_halve_the_patch_but_stay_at_least_4_px():
+    assert [default_cell_size(p) for p in (16, 14, 8, 4, 2)] == [8, 7, 4, 4, 2]
 
 
 def test_hog_of_a_vertical_edge_is_all_in_the_horizontal_gradient_bin():
