@@ -419,30 +419,18 @@ def _project(x, method: str, seed: int):
     return tsne.fit_transform(x), "t-SNE"
 
 
-def curves_figure(run_dir: str | Path, out: str | Path) -> Path:
-    """Save a run's curves from its `metrics.jsonl`, one panel per kind of number.
+def curve_panels(records: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
+    """The curves of a run's `metrics.jsonl` records, grouped in panels.
 
     Panels: the training loss per logged step (with each epoch's mean as dots), the learning
     rate, the other numbers logged with the loss (such as the collapse monitor `emb_std`;
-    throughput is left out), and every record of another kind (evaluations) by step. Panels
-    with nothing to show are left out.
+    throughput is left out), the evaluations recorded with each epoch (fine-tuning's `top1`,
+    segmentation's `miou`, ...), and every record of another kind (evaluations) by step.
+    Panels with nothing to show are left out.
 
-    Args:
-        run_dir: A run folder.
-        out: PNG path to write.
+    Returns:
+        `{panel title: {curve name: (steps, values)}}`, in drawing order.
     """
-    import json
-
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics here; give a run folder of `sslvit pretrain`")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}: line {n} is not JSON") from None
 
     def series(kind: str, skip=()) -> dict[str, tuple[list, list]]:
         found: dict[str, tuple[list, list]] = {}
@@ -462,15 +450,43 @@ def curves_figure(run_dir: str | Path, out: str | Path) -> Path:
 
     fixed = ("kind", "step", "epoch")
     train = series("train", fixed)
-    epoch_loss = series("epoch", fixed).get("loss")
+    per_epoch = series("epoch", (*fixed, "stage"))  # a segmentation run's stage is not a curve
+    epoch_loss = per_epoch.pop("loss", None)
     panels = {
         "loss": {k: v for k, v in (("loss", train.get("loss")), ("epoch mean", epoch_loss)) if v},
         "learning rate": {"lr": train["lr"]} if "lr" in train else {},
         "monitors": {k: v for k, v in train.items() if k not in ("loss", "lr", "images_per_s")},
+        "evaluation": per_epoch,
     }
     for kind in sorted({r.get("kind") for r in records} - {"train", "epoch", None}):
         panels[kind] = series(kind, fixed)
-    panels = {title: lines for title, lines in panels.items() if lines}
+    return {title: lines for title, lines in panels.items() if lines}
+
+
+def curves_figure(run_dir: str | Path, out: str | Path) -> Path:
+    """Save a run's curves from its `metrics.jsonl`, one panel per kind of number (see
+    `curve_panels`).
+
+    Args:
+        run_dir: A run folder of `sslvit pretrain`, `finetune` or `segment`.
+        out: PNG path to write.
+    """
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no metrics here; give a run folder of `sslvit pretrain`, `finetune` or "
+            "`segment`"
+        )
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}: line {n} is not JSON") from None
+    panels = curve_panels(records)
     if not panels:
         raise ValueError(f"{path}: no step records to draw")
 

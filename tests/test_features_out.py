@@ -18,6 +18,7 @@ from sslvit.cli import main
 from sslvit.evaluate.cluster import cluster_scores, kmeans
 from sslvit.evaluate.embed import load_embeddings
 from sslvit.evaluate.retrieval import retrieval_metrics, search
+from sslvit.viz import curve_panels
 from tests.test_cli import TINY
 
 # retrieval metrics
@@ -254,6 +255,18 @@ def test_show_embedding_and_curves(features, run_dir, tmp_path, monkeypatch, cap
     curves = tmp_path / "curves.png"
     assert main(["show", "curves", "--run", str(run_dir), "--out", str(curves)]) == 0
     assert curves.stat().st_size > 5000
+
+
+def test_curves_show_the_evaluations_of_finetune_and_segment_epochs():
+    records = [
+        {"kind": "train", "step": 10, "loss": 2.0, "lr": 1e-3, "images_per_s": 50.0},
+        {"kind": "epoch", "step": 10, "epoch": 0, "stage": 1, "loss": 1.9, "miou": 40.0},
+        {"kind": "epoch", "step": 20, "epoch": 1, "stage": 2, "loss": 1.5, "miou": 55.0},
+    ]
+    panels = curve_panels(records)
+    assert list(panels) == ["loss", "learning rate", "evaluation"]
+    assert panels["evaluation"] == {"miou": ([10, 20], [40.0, 55.0])}
+    assert panels["loss"]["epoch mean"] == ([10, 20], [1.9, 1.5])
 
 
 def test_one_image_folder_and_unlabelled_data(run_dir, digits_folder, tmp_path, capsys, caplog):
