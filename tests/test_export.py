@@ -96,3 +96,19 @@ def test_weights_that_do_not_fit_the_timm_model_are_refused():
     wrong = EncoderInfo("vit_tiny", (32, 32), 8, 3, [0.0] * 3, [1.0] * 3, encoder.embed_dim)
     with pytest.raises(ValueError, match="do not load into timm's vit_tiny_patch16_224"):
         check_timm_loadable(encoder.state_dict(), wrong)
+
+
+def test_truncated_or_mismatched_encoder_files_are_named_errors(tmp_path):
+    run, _ = _run_folder(tmp_path, 1, 28, 4)
+    weights = run / "encoder.safetensors"
+    full = weights.read_bytes()
+    weights.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match=r"encoder\.safetensors: not a readable \.safetensors"):
+        load_encoder(run)
+
+    weights.write_bytes(full)
+    sidecar = json.loads((run / "encoder.json").read_text())
+    (run / "encoder.json").write_text(json.dumps({**sidecar, "patch_size": 7}))
+    with pytest.raises(ValueError, match=r"do not fit the encoder its sidecar encoder\.json "
+                       r"describes: size mismatch .*\(and \d+ more\)"):  # fmt: skip
+        load_encoder(run)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -158,7 +159,20 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", drop_path
     encoder = info.build(drop_path)
     try:
         state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{weights}: not a readable .safetensors file ({err}); it may be truncated or "
+            "not an encoder"
+        ) from err
+    try:
         encoder.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as err:
-        raise ValueError(f"{weights}: cannot load encoder weights ({err})") from err
+    except RuntimeError as err:
+        # PyTorch lists one line per mismatched tensor; the first says enough
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else str(err)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{weights}: the weights do not fit the encoder its sidecar "
+            f"{sidecar_path(weights).name} describes: {first}{more}"
+        ) from err
     return encoder.to(device).eval(), info
