@@ -158,3 +158,24 @@ def test_show_skips_unreadable_files(run_dir, digits_folder, tmp_path, caplog):
     assert main([*args, "--n", "3"]) == 0
     assert out.stat().st_size > 1000
     assert any("000.png" in r.message for r in caplog.records)
+
+
+def test_interrupt_message_of_finetune_and_segment_names_the_kept_checkpoints(tmp_path):
+    from argparse import Namespace
+
+    from sslvit.cli import _after_interrupt
+    from sslvit.cli.evaluate import cmd_finetune
+    from sslvit.cli.segment import cmd_segment
+
+    run = tmp_path / "ft"
+    assert _after_interrupt(Namespace(func=cmd_finetune, out=str(run))).startswith(
+        "no checkpoint yet; this command does not resume"
+    )
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    message = _after_interrupt(Namespace(func=cmd_segment, out=str(run)))
+    assert message == (
+        f"best.pt, last.pt kept in {run / 'checkpoints'}; this command does not resume: "
+        "run it again with another --out"
+    )

@@ -10,10 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from sslvit.cli.evaluate import add_eval, add_finetune, cmd_eval
+from sslvit.cli.evaluate import add_eval, add_finetune, cmd_eval, cmd_finetune
 from sslvit.cli.features import add_features
 from sslvit.cli.pretrain import add_demo, add_pretrain, cmd_demo, cmd_pretrain
-from sslvit.cli.segment import add_segment
+from sslvit.cli.segment import add_segment, cmd_segment
 from sslvit.cli.show import add_export, add_show
 
 __all__ = ["main", "parser"]
@@ -32,6 +32,11 @@ def _after_interrupt(args: argparse.Namespace) -> str:
         if (out / "checkpoints" / "last.pt").is_file():
             return f"the last checkpoint is kept; continue with --out {out} --resume"
         return "no checkpoint was written yet; run the same command again (without --resume)"
+    if args.func in (cmd_finetune, cmd_segment):
+        checkpoints = Path(args.out) / "checkpoints"
+        kept = sorted(p.name for p in checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
+        where = f"{', '.join(kept)} kept in {checkpoints}" if kept else "no checkpoint yet"
+        return f"{where}; this command does not resume: run it again with another --out"
     return "stopped"
 
 
