@@ -3,6 +3,7 @@ the `finetune` command end to end on real digits."""
 
 import json
 import logging
+import re
 from collections import Counter
 
 import numpy as np
@@ -285,7 +286,6 @@ def test_min_steps_adds_whole_epochs_and_eval_every_0_tests_once(digits_folder, 
         (["--min-crop", "1.5"], "--min-crop 1.5"),
         (["--layer-decay", "0"], "--layer-decay 0"),
         (["--min-steps", "-1"], "--min-steps -1"),
-        (["--labels", "ten"], "label spec 'ten'"),
     ],
 )
 def test_bad_finetune_options_are_one_clear_line(digits_folder, tmp_path, capsys, extra, message):
@@ -293,3 +293,16 @@ def test_bad_finetune_options_are_one_clear_line(digits_folder, tmp_path, capsys
     assert main([*args, "--device", "cpu", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("labels", ["ten", "0", "0%", "150%", "-3"])
+def test_a_bad_label_budget_names_the_option_before_anything_runs(tmp_path, capsys, labels):
+    with pytest.raises(SystemExit) as stop:
+        main(["finetune", "--encoder", "none", "--data", str(tmp_path), "--labels", labels])
+    assert stop.value.code == 2
+    spec = f"label spec '?{re.escape(labels)}'?: "
+    assert re.search(f"argument --labels: {spec}", capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["eval", "efficiency", "--encoder", "none", "--data", str(tmp_path),
+              "--fractions", f"1%,{labels}"])  # fmt: skip
+    assert re.search(f"argument --fractions: {spec}", capsys.readouterr().err)

@@ -10,6 +10,8 @@ from sslvit.cli.options import (
     BANDS_HELP,
     add_reader_options,
     image_size,
+    label_budget,
+    label_budgets,
     reader_options,
     scratch_bands,
 )
@@ -188,7 +190,11 @@ def add_eval(sub) -> None:
     p.add_argument(
         "--split", type=float, default=0.2, help="held-out fraction when no --test-data (0.2)"
     )
-    p.add_argument("--labels", help="labels used for training: '10%%' or a count per class")
+    p.add_argument(
+        "--labels",
+        type=label_budget,
+        help="labels used for training: a share ('10%%', '0.1') or a count per class ('50')",
+    )
     p.add_argument("--pool", choices=["cls", "mean"], help="feature pooling (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the probe")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
@@ -201,6 +207,7 @@ def add_eval(sub) -> None:
     only = [
         group.add_argument(
             "--fractions",
+            type=label_budgets,
             help="label budgets, comma-separated shares or counts per class (1%%,10%%,100%%)",
         ),
         group.add_argument(
@@ -236,7 +243,11 @@ def add_finetune(sub) -> None:
     p.add_argument(
         "--split", type=float, default=0.2, help="held-out fraction when no --test-data (0.2)"
     )
-    p.add_argument("--labels", help="labels used for training: '10%%' or a count per class")
+    p.add_argument(
+        "--labels",
+        type=label_budget,
+        help="labels used for training: a share ('10%%', '0.1') or a count per class ('50')",
+    )
     p.add_argument("--model", choices=sorted(MODELS), help="--encoder none: size (vit_tiny)")
     p.add_argument(
         "--patch-size", type=int, help="--encoder none: patch side (16; 4 on the sample)"

@@ -24,6 +24,24 @@ def image_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
+def label_budget(text: str) -> str:
+    """`--labels`: a label budget that `parse_label_spec` reads (checked at parse time)."""
+    from sslvit.data.splits import parse_label_spec
+
+    try:
+        parse_label_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def label_budgets(text: str) -> str:
+    """`--fractions`: comma-separated label budgets, each checked as `label_budget`."""
+    for part in text.split(","):
+        label_budget(part)
+    return text
+
+
 def window_option(text: str) -> str:
     """`--window`: "none", or windows that `parse_window` reads (checked at parse time)."""
     from sslvit.data.medical import parse_window

@@ -100,20 +100,18 @@ def parse_label_spec(spec: str | float | int | LabelSpec | None) -> LabelSpec:
         raise ValueError(f"label spec {spec!r}: expected e.g. '10%', 0.1 or 50")
     if isinstance(spec, str):
         text = spec.strip()
+        if text.isdigit():
+            return parse_label_spec(int(text))
         try:
-            if text.isdigit():
-                return parse_label_spec(int(text))
-            if text.endswith("%"):
-                return parse_label_spec(float(text[:-1]) / 100)
-            fraction = float(text)
-            if fraction >= 1:
-                raise ValueError("a count must be a whole number")
-            return parse_label_spec(fraction)
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
+            share = math.nan
+        if not 0.0 < share <= 1.0:
             raise ValueError(
-                f"label spec {spec!r}: expected a share such as '10%' or '0.1', "
-                f"or a count per class such as '50'"
-            ) from None
+                f"label spec {spec!r}: expected a share above 0 and at most 100 % ('10%' or "
+                "'0.1'), or a whole count per class of at least 1 ('50')"
+            )
+        return parse_label_spec(share)
     if isinstance(spec, (int, np.integer)):
         if spec < 1:
             raise ValueError(f"label spec {spec}: a count per class must be at least 1")
