@@ -141,6 +141,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="MAE batch (64)")
     parser.add_argument("--epochs", type=int, default=40, help="each segmentation stage (40)")
     parser.add_argument(
+        "--unfreeze-epochs", type=int, help="stage two's epochs (default --epochs; 0: none)"
+    )
+    parser.add_argument("--decoder", choices=("conv", "linear"), default="conv")
+    parser.add_argument("--levels", type=int, default=4, help="blocks the decoder reads (4)")
+    parser.add_argument(
         "--eval-every", type=int, help="test every N epochs (default: each stage's end only)"
     )
     parser.add_argument("--seg-batch-size", type=int, default=8)
@@ -169,6 +174,11 @@ def main() -> None:
     start = time.perf_counter()
     mae_dir = Path(args.mae) if args.mae else pretrain(out, args)
     pretrain_minutes = (time.perf_counter() - start) / 60
+    mae_text = (
+        f"MAE from {mae_dir}"
+        if args.mae
+        else f"MAE {args.pretrain_epochs:g} epochs ({pretrain_minutes:.1f} min)"
+    )
 
     data = out / "data"
     train = SegmentationPairs(data / "train" / "images", data / "train" / "masks")
@@ -177,7 +187,9 @@ def main() -> None:
     for name, encoder in (("MAE", mae_dir), ("scratch", None)):
         config = SegmentConfig(
             epochs=args.epochs,
-            unfreeze_epochs=args.epochs,
+            unfreeze_epochs=args.epochs if args.unfreeze_epochs is None else args.unfreeze_epochs,
+            decoder=args.decoder,
+            n_levels=args.levels,
             batch_size=args.seg_batch_size,
             lr=args.lr,
             img_size=seg_size,
@@ -190,32 +202,34 @@ def main() -> None:
             workers=args.workers,
         )
         start = time.perf_counter()
-        result = segment(encoder, train, test, out / f"seg-{name}", config)
-        stages = stage_scores(out / f"seg-{name}")  # stage 2's last is the result
-        rows.append((name, stages[1], result, (time.perf_counter() - start) / 60))
+        segment(encoder, train, test, out / f"seg-{name}", config)
+        stages = stage_scores(out / f"seg-{name}")  # each stage's last tested epoch
+        rows.append((name, stages[1], stages.get(2), (time.perf_counter() - start) / 60))
 
     print()
     if args.data == "isbi":
         interior = np.concatenate([read_mask(p).ravel() == 255 for p in test.mask_paths]).mean()
         print(
             f"ISBI 2012 EM membranes, 256 px tiles at {args.size} px, ViT-Tiny patch "
-            f"{args.patch_size}; MAE {args.pretrain_epochs:g} epochs on 240 tiles "
-            f"({pretrain_minutes:.1f} min); {len(train)} training tiles, {len(test)} test tiles"
+            f"{args.patch_size}; {mae_text} on 240 tiles; {len(train)} training tiles, "
+            f"{len(test)} test tiles"
         )
         print(f"pixel accuracy of 'all cell interior': {100 * interior:.2f}")
     else:
         print(
             f"CamVid, 11 classes, at {seg_size[0]}x{seg_size[1]} px, ViT-Tiny patch "
-            f"{args.patch_size}; MAE {args.pretrain_epochs:g} epochs on 468 train+val images "
-            f"({pretrain_minutes:.1f} min); {len(train)} training pairs (seed {args.seed}), "
-            f"{len(test)} test images scored at full size"
+            f"{args.patch_size}; {mae_text} on 468 train+val images; {len(train)} training "
+            f"pairs (seed {args.seed}), {len(test)} test images scored at full size"
         )
+    print(f"decoder: {args.decoder} on {args.levels} block(s)")
     header = f"{'encoder':<10}{'frozen mIoU':>13}{'frozen acc':>12}{'mIoU':>8}{'acc':>8}{'min':>6}"
     print(header)
     for name, frozen, unfrozen, minutes in rows:
+        tuned = (
+            f"{unfrozen['miou']:>8.2f}{unfrozen['pixel_acc']:>8.2f}" if unfrozen else f"{'-':>16}"
+        )
         print(
-            f"{name:<10}{frozen['miou']:>13.2f}{frozen['pixel_acc']:>12.2f}"
-            f"{unfrozen['miou']:>8.2f}{unfrozen['pixel_acc']:>8.2f}{minutes:>6.1f}"
+            f"{name:<10}{frozen['miou']:>13.2f}{frozen['pixel_acc']:>12.2f}{tuned}{minutes:>6.1f}"
         )
 
 

@@ -115,6 +115,26 @@ def test_decoder_output_has_the_input_size(size, patch):
     model = ViTSegmenter(create_vit("vit_tiny", size, patch, 3), n_classes=5, width=32)
     assert model.blocks == [2, 5, 8, 11]
     assert model(torch.zeros(2, 3, *size)).shape == (2, 5, *size)
+    linear = ViTSegmenter(create_vit("vit_tiny", size, patch, 3), 5, n_levels=1, decoder="linear")
+    assert linear.blocks == [11]
+    assert linear(torch.zeros(2, 3, *size)).shape == (2, 5, *size)
+    # a linear probe: one 192 x 5 map and its bias, nothing else to learn
+    assert sum(p.numel() for p in linear.decoder.parameters()) == 192 * 5 + 5
+
+
+def test_linear_decoder_is_one_linear_map_per_patch_of_the_standardised_features():
+    model = ViTSegmenter(create_vit("vit_tiny", 16, 8, 3), 4, n_levels=1, decoder="linear").eval()
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        (features,) = model.features(images)  # [3, 192, 2, 2]
+        norm = model.decoder.norm
+        standard = (features - norm.running_mean[:, None, None]) / torch.sqrt(
+            norm.running_var[:, None, None] + norm.eps
+        )
+        weight, bias = model.decoder.classify.weight[:, :, 0, 0], model.decoder.classify.bias
+        per_patch = torch.einsum("kd,bdhw->bkhw", weight, standard) + bias[:, None, None]
+        want = torch.nn.functional.interpolate(per_patch, size=(16, 16), mode="bilinear")
+        torch.testing.assert_close(model(images), want)
 
 
 # synthetic shapes: a bright square (class 1) and a dark disc (class 2) on noise, a void
@@ -149,16 +169,16 @@ def _encoder_file(tmp_path):
     return save_encoder(create_vit("vit_tiny", (16, 24), 8, 1), info, tmp_path / "enc.safetensors")
 
 
-@pytest.mark.parametrize("unfreeze_epochs", [0, 1])
+@pytest.mark.parametrize(("unfreeze_epochs", "decoder"), [(0, "conv"), (1, "conv"), (0, "linear")])
 def test_frozen_stage_keeps_the_encoder_and_unfreezing_changes_it(
-    shapes, tmp_path, unfreeze_epochs
+    shapes, tmp_path, unfreeze_epochs, decoder
 ):
     weights = _encoder_file(tmp_path)
     pairs = SegmentationPairs(shapes / "images", shapes / "masks")
     train, test = pairs.split(4, seed=0)
     config = SegmentConfig(
         epochs=1, unfreeze_epochs=unfreeze_epochs, batch_size=4, lr=1e-3, encoder_lr_scale=1.0,
-        decoder_width=32, workers=0, device="cpu", precision="fp32", n_figure=1,
+        decoder_width=32, workers=0, device="cpu", precision="fp32", n_figure=1, decoder=decoder,
     )  # fmt: skip
     segmenter = Segmenter(weights, train, test, tmp_path / "run", config)
     decoder_before = {k: v.clone() for k, v in segmenter.model.decoder.state_dict().items()}
@@ -172,6 +192,11 @@ def test_frozen_stage_keeps_the_encoder_and_unfreezing_changes_it(
     else:
         assert changed == []
     assert not torch.equal(saved["decoder.classify.weight"], decoder_before["classify.weight"])
+    model, _, _ = load_segmenter(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (
+        type(model.decoder).__name__
+        == {"conv": "SegmentationDecoder", "linear": "LinearDecoder"}[decoder]
+    )
 
 
 FAST = ["--batch-size", "2", "--workers", "0", "--device", "cpu", "--precision", "fp32"]

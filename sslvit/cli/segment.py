@@ -69,6 +69,7 @@ def _pairs_with_bands(pairs, args: argparse.Namespace):
 SEGMENT_OPTIONS = (
     "epochs", "unfreeze_epochs", "batch_size", "lr", "encoder_lr_scale", "img_size", "model",
     "patch_size", "ignore_index", "seed", "device", "precision", "workers", "eval_every", "hflip",
+    "decoder", "n_levels",
 )  # fmt: skip
 
 
@@ -124,6 +125,18 @@ def add_segment(sub) -> None:
         "--class-names",
         help="comma-separated names of the classes in class order, for the results and the "
         "picture's legend, e.g. background,membrane (default: the mask values)",
+    )
+    p.add_argument(
+        "--decoder",
+        choices=["conv", "linear"],
+        help="conv: multi-level convolutional decoder (default); linear: the linear probe on the "
+        "patch features, the usual measure of frozen features",
+    )
+    p.add_argument(
+        "--levels",
+        dest="n_levels",
+        type=int,
+        help="blocks the decoder reads, evenly spaced and ending with the last (4)",
     )
     p.add_argument("--batch-size", type=int, help="images per step, capped at the pairs (8)")
     p.add_argument(

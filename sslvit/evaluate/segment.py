@@ -41,7 +41,7 @@ from sslvit.evaluate.segment_report import (
     segmentation_scores,
 )
 from sslvit.models import EncoderInfo, select_attention_kernel
-from sslvit.models.segmentation import ViTSegmenter
+from sslvit.models.segmentation import DECODERS, ViTSegmenter
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
 from sslvit.train.distributed import resolve_device, resolve_precision
 from sslvit.train.logger import RunLogger, format_duration
@@ -59,7 +59,9 @@ class SegmentConfig:
     `epochs` is stage one (encoder frozen), `unfreeze_epochs` stage two (0: no stage two). `lr`
     is the decoder's peak learning rate as it is, not scaled by the batch (every image brings
     thousands of labelled pixels). `img_size` None keeps the encoder's input size (from
-    scratch: 224); `model` and `patch_size` only apply from scratch. `ignore_index` is the mask
+    scratch: 224); `model` and `patch_size` only apply from scratch. `decoder` is "conv" (the
+    multi-level convolutional decoder) or "linear" (the linear probe on the patch features; see
+    `sslvit.models.segmentation`). `ignore_index` is the mask
     value left out of loss and metrics (None: none). `class_names` names the classes in the
     results and the picture's legend, one per class in class order (None: the mask values).
     """
@@ -78,6 +80,7 @@ class SegmentConfig:
     img_size: int | tuple[int, int] | None = None
     model: str = "vit_tiny"
     patch_size: int = 16
+    decoder: str = "conv"
     n_levels: int = 4
     decoder_width: int = 256
     ignore_index: int | None = 255
@@ -100,6 +103,8 @@ def _check(config: SegmentConfig) -> None:
         ("--encoder-lr-scale", config.encoder_lr_scale, config.encoder_lr_scale > 0),
         ("--min-crop", config.crop_scale[0], 0 < config.crop_scale[0] <= config.crop_scale[1]),
         ("--eval-every", config.eval_every, config.eval_every >= 1),
+        ("--decoder", config.decoder, config.decoder in DECODERS),
+        ("--levels", config.n_levels, config.n_levels >= 1),
     ]
     for option, value, ok in limits:
         if not ok:
@@ -151,7 +156,7 @@ class Segmenter:
         for pairs, role in ((train_pairs, "the training"), (test_pairs, "the test")):
             encoder_transform(self.info, pairs.in_chans, role)  # checks the channels
         self.model = ViTSegmenter(
-            vit, self.coding.n_classes, config.n_levels, config.decoder_width
+            vit, self.coding.n_classes, config.n_levels, config.decoder_width, config.decoder
         ).to(self.device)
         select_attention_kernel(self.model, self.device)
         self.train_tf = PairTransform(
@@ -228,6 +233,7 @@ class Segmenter:
             "model": self.model.state_dict(),
             "info": dataclasses.asdict(self.info),
             "coding": dataclasses.asdict(self.coding),
+            "decoder": self.config.decoder,
             "n_levels": self.config.n_levels,
             "decoder_width": self.config.decoder_width,
             "epoch": epoch,
@@ -287,6 +293,7 @@ class Segmenter:
             "encoder": None if self.encoder_source is None else str(self.encoder_source),
             "img_size": list(self.info.img_size),
             "patch_size": self.info.patch_size,
+            "decoder": cfg.decoder,
             "blocks": self.model.blocks,
             "epochs": cfg.epochs,
             "unfreeze_epochs": cfg.unfreeze_epochs,
@@ -392,7 +399,13 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu"):
     """
     saved = load_checkpoint(path)
     info, coding = EncoderInfo(**saved["info"]), MaskCoding(**saved["coding"])
-    model = ViTSegmenter(info.build(), coding.n_classes, saved["n_levels"], saved["decoder_width"])
+    model = ViTSegmenter(
+        info.build(),
+        coding.n_classes,
+        saved["n_levels"],
+        saved["decoder_width"],
+        saved.get("decoder", "conv"),  # checkpoints before the linear decoder had only conv
+    )
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), info, coding
 

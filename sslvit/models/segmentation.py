@@ -1,9 +1,15 @@
-"""A segmentation model: a ViT encoder and a convolutional decoder on its patch features.
+"""A segmentation model: a ViT encoder and a decoder on its patch features.
 
-The decoder takes the patch tokens after several blocks (by default four, evenly spaced, as in
-SETR's multi-level head and DPT), lays each out on the patch grid, projects and fuses them, then
-doubles the resolution step by step (bilinear x2, 3x3 conv, GroupNorm, GELU) until it is back
-at the input size, and ends in one logit per class and pixel.
+The convolutional decoder ("conv", the default) takes the patch tokens after several blocks (by
+default four, evenly spaced, as in SETR's multi-level head and DPT), lays each out on the patch
+grid, projects and fuses them, then doubles the resolution step by step (bilinear x2, 3x3 conv,
+GroupNorm, GELU) until it is back at the input size, and ends in one logit per class and pixel.
+
+The linear decoder ("linear") is the frozen-feature probe of the self-supervised literature
+(the linear segmentation evaluation of iBOT and DINOv2): one linear map per patch from the
+standardised features to class logits, upsampled bilinearly. It has no capacity of its own, so
+with a frozen encoder its score is a measure of the patch features; the convolutional decoder
+learns a good deal on its own, even from the features of a random-weight encoder.
 """
 
 import math
@@ -75,6 +81,33 @@ class SegmentationDecoder(nn.Module):
         return logits
 
 
+class LinearDecoder(nn.Module):
+    """Patch features of several blocks to logits by one linear map per patch.
+
+    The concatenated features are standardised per channel by a BatchNorm without parameters
+    (as the linear classification probe does), mapped to K logits by a 1x1 convolution on the
+    patch grid, and resized bilinearly to the input size.
+
+    Args:
+        embed_dim: Width D of the encoder's tokens.
+        n_levels: Number of feature maps it takes.
+        n_classes: Classes K.
+    """
+
+    def __init__(self, embed_dim: int, n_levels: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(embed_dim * n_levels, affine=False, eps=1e-6)
+        self.classify = nn.Conv2d(embed_dim * n_levels, n_classes, 1)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Features `n_levels x [B, D, h, w]` to logits `[B, K, H, W]` with `(H, W) = size`."""
+        logits = self.classify(self.norm(torch.cat(features, 1)))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+DECODERS = ("conv", "linear")
+
+
 class ViTSegmenter(nn.Module):
     """A ViT encoder and a `SegmentationDecoder`: images `[B, C, H, W]` to logits `[B, K, H, W]`.
 
@@ -86,19 +119,30 @@ class ViTSegmenter(nn.Module):
         encoder: The ViT.
         n_classes: Classes K.
         n_levels: Blocks the decoder reads (spread by `spread_blocks`).
-        width: The decoder's width after fusing.
+        width: The convolutional decoder's width after fusing.
+        decoder: "conv" (`SegmentationDecoder`) or "linear" (`LinearDecoder`).
     """
 
     def __init__(
-        self, encoder: VisionTransformer, n_classes: int, n_levels: int = 4, width: int = 256
+        self,
+        encoder: VisionTransformer,
+        n_classes: int,
+        n_levels: int = 4,
+        width: int = 256,
+        decoder: str = "conv",
     ):
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
         self.encoder = encoder
         self.blocks = spread_blocks(len(encoder.blocks), n_levels)
         patch_size = encoder.patch_embed.patch_size[0]
-        self.decoder = SegmentationDecoder(
-            encoder.embed_dim, len(self.blocks), patch_size, n_classes, width
-        )
+        if decoder == "linear":
+            self.decoder = LinearDecoder(encoder.embed_dim, len(self.blocks), n_classes)
+        else:
+            self.decoder = SegmentationDecoder(
+                encoder.embed_dim, len(self.blocks), patch_size, n_classes, width
+            )
         self.encoder_trainable = True
 
     def set_encoder_trainable(self, trainable: bool) -> None:
