@@ -295,7 +295,7 @@ class Finetuner:
         logger = RunLogger(self.run_dir, self.total_steps, 0, True)
         log.info(
             "fine-tuning %s on %d images, testing on %d | %s px | %d epochs, %d steps of %d | "
-            "layer decay %g | %s, %s",
+            "peak lr %.3g (--lr %g x %d / 256), %d warm-up steps | layer decay %g | %s, %s",
             self.encoder_source or f"{cfg.model} from scratch",
             len(self.train_images),
             len(self.test_images),
@@ -303,6 +303,10 @@ class Finetuner:
             self.epochs,
             self.total_steps,
             self.batch,
+            self.peak_lr,
+            cfg.base_lr,
+            self.batch,
+            self.warmup_steps,
             self.layer_decay,
             self.device,
             self.precision,
