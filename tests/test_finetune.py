@@ -119,6 +119,11 @@ def test_resizing_to_the_original_size_keeps_the_table_exactly(size):
     assert torch.equal(encoder.pos_embed, before)
 
 
+def test_resizing_to_a_size_the_patch_does_not_divide_names_the_patch_size():
+    with pytest.raises(ValueError, match="30x30 is not divisible by the encoder's patch size 4"):
+        resize_pos_embed(create_vit("vit_tiny", 32, 4, 1), 30)
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [(16, 32), (16, 8), ((16, 24), (32, 40)), ((16, 24), (8, 12)), ((24, 16), (12, 20))],

@@ -298,6 +298,7 @@ def test_segment_real_em_membranes(tmp_path, capsys):
         (["--min-crop", "0"], "--min-crop 0"),
         (["--masks", "/nonexistent-masks"], "no such folder of masks"),
         (["--class-names", "a,b", "--epochs", "1"], "--class-names: 2 names for the 3 classes"),
+        (["--class-names", "a,,c"], "--class-names 'a,,c': a class name is empty"),
     ],
 )
 def test_bad_segment_options_are_one_clear_line(shapes, tmp_path, capsys, extra, message):

@@ -26,6 +26,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
         config.crop_scale = (args.min_crop, 1.0)
     if args.class_names is not None:
         config.class_names = [name.strip() for name in args.class_names.split(",")]
+        if not all(config.class_names):
+            raise ValueError(f"--class-names {args.class_names!r}: a class name is empty")
     if args.ignore_index is not None and args.ignore_index < 0:
         config.ignore_index = None
     train = _pairs_with_bands(SegmentationPairs(args.images, args.masks, strict=args.strict), args)

@@ -167,7 +167,12 @@ class SegmentationPairs:
             keep.append(image_stems[stem])
             self.mask_paths.append(mask_path)
         if bad:
-            log.warning("skipped %d pairs: %s", len(bad), "; ".join(bad[:_N_NAMED]))
+            log.warning(
+                "skipped %d pair%s: %s",
+                len(bad),
+                "" if len(bad) == 1 else "s",
+                "; ".join(bad[:_N_NAMED]),
+            )
         if not keep:
             raise ValueError(f"{masks_dir}: none of the {len(paired)} paired masks is usable")
         self.images = Subset(folder, keep)

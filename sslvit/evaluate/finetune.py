@@ -131,8 +131,8 @@ def _build(encoder: str | Path | None, config: FinetuneConfig, train_images):
         size = config.img_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         if size != info.img_size:
-            log.info("position embedding resized from %s to %s px", info.img_size, size)
             resize_pos_embed(vit, size)
+            log.info("position embedding resized from %s to %s px", info.img_size, size)
             info = dataclasses.replace(info, img_size=size)
     return vit, info
 

@@ -105,7 +105,10 @@ def resize_pos_embed(encoder: VisionTransformer, img_size: int | tuple[int, int]
     height, width = _pair(img_size)
     patch_h, patch_w = encoder.patch_embed.patch_size
     if height % patch_h or width % patch_w:
-        raise ValueError(f"image size {height}x{width} is not divisible by the patch size")
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the encoder's patch size "
+            f"{patch_h if patch_h == patch_w else f'{patch_h}x{patch_w}'}"
+        )
     new_grid = (height // patch_h, width // patch_w)
     old_grid = patch_grid(encoder)
     if new_grid == old_grid:
