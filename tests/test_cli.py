@@ -179,3 +179,12 @@ def test_interrupt_message_of_finetune_and_segment_names_the_kept_checkpoints(tm
         f"best.pt, last.pt kept in {run / 'checkpoints'}; this command does not resume: "
         "run it again with another --out"
     )
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "segment", "embed"])
+def test_a_negative_worker_count_is_refused_when_the_command_line_is_read(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--workers", "-1"])
+    assert "argument --workers: '-1': expected 0 or a positive whole number" in (
+        capsys.readouterr().err
+    )

@@ -14,6 +14,7 @@ from sslvit.cli.options import (
     label_budgets,
     reader_options,
     scratch_bands,
+    worker_count,
 )
 from sslvit.cli.pixels import add_pixels_options, eval_pixels
 from sslvit.models import MODELS
@@ -321,5 +322,5 @@ def _add_finetune_recipe(p) -> list[argparse.Action]:
             choices=["auto", "fp32", "bf16", "fp16"],
             help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
         ),
-        p.add_argument("--workers", type=int, help="data-loading processes (default 2)"),
+        p.add_argument("--workers", type=worker_count, help="data-loading processes (default 2)"),
     ]

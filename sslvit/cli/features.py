@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from sslvit.cli.options import BANDS_HELP, add_reader_options, reader_options
+from sslvit.cli.options import BANDS_HELP, add_reader_options, reader_options, worker_count
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -64,7 +64,9 @@ def add_features(sub) -> None:
         help="cls token, mean of patch tokens, or every patch token (default: the run's pool)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (256)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument(
+        "--workers", type=worker_count, default=2, help="data-loading processes (default 2)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
     p.add_argument("--bands", help=BANDS_HELP + "; default: the encoder's")

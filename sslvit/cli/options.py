@@ -24,6 +24,17 @@ def image_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
+def worker_count(text: str) -> int:
+    """`--workers`: data-loading processes, 0 (load in the main process) or more."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or a positive whole number")
+    return count
+
+
 def label_budget(text: str) -> str:
     """`--labels`: a label budget that `parse_label_spec` reads (checked at parse time)."""
     from sslvit.data.splits import parse_label_spec

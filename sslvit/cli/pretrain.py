@@ -6,7 +6,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from sslvit.cli.options import BANDS_HELP, add_reader_options
+from sslvit.cli.options import BANDS_HELP, add_reader_options, worker_count
 from sslvit.methods import method_names
 from sslvit.models import MODELS
 
@@ -141,7 +141,9 @@ def add_pretrain(sub) -> None:
         "--base-lr", type=float, help="learning rate per 256 images of effective batch (1.5e-4)"
     )
     p.add_argument(
-        "--workers", type=int, help="data-loading processes per training process (default 2)"
+        "--workers",
+        type=worker_count,
+        help="data-loading processes per training process (default 2)",
     )
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
     p.add_argument("--bands", help=BANDS_HELP + "; default: every band")

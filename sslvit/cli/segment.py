@@ -4,7 +4,7 @@ import argparse
 import json
 import logging
 
-from sslvit.cli.options import BANDS_HELP, image_size, scratch_bands
+from sslvit.cli.options import BANDS_HELP, image_size, scratch_bands, worker_count
 from sslvit.models import MODELS
 
 log = logging.getLogger("sslvit")
@@ -160,7 +160,7 @@ def add_segment(sub) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="autocast dtype; auto = bf16 on capable GPUs/CPUs, fp32 on other CPUs",
     )
-    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    p.add_argument("--workers", type=worker_count, help="data-loading processes (default 2)")
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable image")
     p.add_argument("--bands", help=BANDS_HELP + "; default: the encoder's (all from scratch)")
     p.set_defaults(func=cmd_segment)
