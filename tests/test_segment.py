@@ -299,6 +299,8 @@ def test_segment_real_em_membranes(tmp_path, capsys):
         (["--masks", "/nonexistent-masks"], "no such folder of masks"),
         (["--class-names", "a,b", "--epochs", "1"], "--class-names: 2 names for the 3 classes"),
         (["--class-names", "a,,c"], "--class-names 'a,,c': a class name is empty"),
+        (["--class-names", "a,a,c"], "--class-names: a named twice"),
+        (["--levels", "13"], "--levels 13: the encoder has 12 blocks; choose 1 to 12"),
     ],
 )
 def test_bad_segment_options_are_one_clear_line(shapes, tmp_path, capsys, extra, message):
@@ -307,3 +309,11 @@ def test_bad_segment_options_are_one_clear_line(shapes, tmp_path, capsys, extra,
     assert main([*args, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_folder_left_by_a_run_stopped_before_its_first_checkpoint_is_refused(shapes, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 20}\n')
+    config = SegmentConfig(epochs=1, workers=0, device="cpu")
+    pairs = SegmentationPairs(shapes / "images", shapes / "masks")
+    with pytest.raises(FileExistsError, match=r"already holds a run \(metrics\.jsonl\)"):
+        Segmenter(None, pairs, pairs, tmp_path, config)

@@ -29,7 +29,7 @@ from sslvit.evaluate.confusion import confusion_figure, confusion_matrix, per_cl
 from sslvit.evaluate.features import _grey_to_rgb, encoder_transform
 from sslvit.evaluate.knn import topk_accuracy
 from sslvit.evaluate.mixing import mix_batch, smooth_targets, soft_cross_entropy
-from sslvit.evaluate.report import save_result
+from sslvit.evaluate.report import check_new_run_dir, save_result
 from sslvit.models import EncoderInfo, create_vit, load_encoder, select_attention_kernel
 from sslvit.models.vit import resize_pos_embed
 from sslvit.train.checkpoint import save_checkpoint
@@ -169,8 +169,7 @@ class Finetuner:
         _check(config)
         self.config, self.encoder_source = config, encoder
         self.run_dir = Path(out)
-        if (self.run_dir / "checkpoints" / "last.pt").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; choose another --out")
+        check_new_run_dir(self.run_dir, "finetune.json")
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.dtype = AUTOCAST_DTYPES.get(self.precision)

@@ -100,3 +100,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     tmp.write_text(text if text.endswith("\n") else text + "\n")
     os.replace(tmp, path)
     return path
+
+
+def check_new_run_dir(run_dir: Path, settings_name: str) -> None:
+    """Refuse a folder that holds a run already, finished or not: its checkpoints, or the
+    settings and metrics a run writes before its first checkpoint (new metrics would be
+    appended to the old ones)."""
+    left = [
+        name
+        for name in ("checkpoints/last.pt", settings_name, "metrics.jsonl")
+        if (run_dir / name).exists()
+    ]
+    if left:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(left)}); choose another --out"
+        )

@@ -33,7 +33,7 @@ from sslvit.data.masks import (
 )
 from sslvit.evaluate.features import encoder_transform
 from sslvit.evaluate.finetune import _build
-from sslvit.evaluate.report import save_result, write_text_atomic
+from sslvit.evaluate.report import check_new_run_dir, save_result, write_text_atomic
 from sslvit.evaluate.segment_report import (
     overlay_figure,
     pixel_confusion,
@@ -104,7 +104,7 @@ def _check(config: SegmentConfig) -> None:
         ("--min-crop", config.crop_scale[0], 0 < config.crop_scale[0] <= config.crop_scale[1]),
         ("--eval-every", config.eval_every, config.eval_every >= 1),
         ("--decoder", config.decoder, config.decoder in DECODERS),
-        ("--levels", config.n_levels, config.n_levels >= 1),
+        ("--levels", config.n_levels, config.n_levels >= 1),  # at most the depth: see __init__
     ]
     for option, value, ok in limits:
         if not ok:
@@ -135,8 +135,7 @@ class Segmenter:
         _check(config)
         self.config, self.encoder_source = config, encoder
         self.run_dir = Path(out)
-        if (self.run_dir / "checkpoints" / "last.pt").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; choose another --out")
+        check_new_run_dir(self.run_dir, "segment.json")
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.dtype = AUTOCAST_DTYPES.get(self.precision)
@@ -149,10 +148,18 @@ class Segmenter:
                     f"{self.coding.n_classes} classes of the masks (values "
                     f"{', '.join(self.coding.names)})"
                 )
+            repeated = sorted({n for n in config.class_names if config.class_names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"--class-names: {', '.join(repeated)} named twice")
             self.coding = dataclasses.replace(self.coding, names=list(config.class_names))
 
         torch.manual_seed(config.seed)
         vit, self.info = _build(encoder, config, train_pairs.images)
+        if config.n_levels > len(vit.blocks):
+            raise ValueError(
+                f"--levels {config.n_levels}: the encoder has {len(vit.blocks)} blocks; "
+                f"choose 1 to {len(vit.blocks)}"
+            )
         for pairs, role in ((train_pairs, "the training"), (test_pairs, "the test")):
             encoder_transform(self.info, pairs.in_chans, role)  # checks the channels
         self.model = ViTSegmenter(
