@@ -311,3 +311,9 @@ def test_a_bad_label_budget_names_the_option_before_anything_runs(tmp_path, caps
         main(["eval", "efficiency", "--encoder", "none", "--data", str(tmp_path),
               "--fractions", f"1%,{labels}"])  # fmt: skip
     assert re.search(f"argument --fractions: {spec}", capsys.readouterr().err)
+
+
+def test_short_runs_log_every_step_or_about_fifty_records():
+    from sslvit.train.logger import log_interval
+
+    assert [log_interval(20, n) for n in (8, 100, 1000, 5000)] == [1, 2, 20, 20]

@@ -34,7 +34,7 @@ from sslvit.models import EncoderInfo, create_vit, load_encoder, select_attentio
 from sslvit.models.vit import resize_pos_embed
 from sslvit.train.checkpoint import save_checkpoint
 from sslvit.train.distributed import resolve_device, resolve_precision
-from sslvit.train.logger import RunLogger, format_duration
+from sslvit.train.logger import RunLogger, format_duration, log_interval
 from sslvit.train.loop import AUTOCAST_DTYPES, step_seed, supervised_step
 from sslvit.train.optim import cosine_schedule, set_learning_rate
 from sslvit.train.sampler import StepBatches
@@ -313,11 +313,12 @@ class Finetuner:
         rng = np.random.default_rng(cfg.seed)
         best, losses, scores = {"top1": -1.0, "epoch": -1}, [], {}
         self.model.train()
+        every = log_interval(cfg.log_every, self.total_steps)
         for step, (views, labels, _) in enumerate(self._loader()):
             losses.append(self._step(step, views, labels, rng))
             epoch, last_step = step // self.steps_per_epoch, step + 1 == self.total_steps
             lr = self.optimizer.param_groups[-1]["lr"]  # the top layer's, at full rate
-            log_now = (step + 1) % cfg.log_every == 0 or last_step
+            log_now = (step + 1) % every == 0 or last_step
             logger.step(step, self.batch, log_now, {"epoch": epoch, "loss": losses[-1], "lr": lr})
             if (step + 1) % self.steps_per_epoch:
                 continue

@@ -44,7 +44,7 @@ from sslvit.models import EncoderInfo, select_attention_kernel
 from sslvit.models.segmentation import DECODERS, ViTSegmenter
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
 from sslvit.train.distributed import resolve_device, resolve_precision
-from sslvit.train.logger import RunLogger, format_duration
+from sslvit.train.logger import RunLogger, format_duration, log_interval
 from sslvit.train.loop import AUTOCAST_DTYPES, supervised_step
 from sslvit.train.optim import cosine_schedule, param_groups, set_learning_rate
 from sslvit.train.sampler import StepBatches
@@ -344,6 +344,7 @@ class Segmenter:
         )
         best, losses, scores = {"miou": -1.0, "epoch": -1}, [], {}
         self._set_stage(1)
+        every = log_interval(cfg.log_every, self.total_steps)
         for step, ((images, targets), _, _) in enumerate(self._loader()):
             if step == self.stage_steps[0]:
                 log.info(
@@ -353,7 +354,7 @@ class Segmenter:
             losses.append(self._step(step, images, targets))
             epoch = step // self.steps_per_epoch
             stage_end = step + 1 in (self.stage_steps[0], self.total_steps)
-            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == self.total_steps
+            log_now = (step + 1) % every == 0 or step + 1 == self.total_steps
             lr = self.optimizer.param_groups[0]["lr"]  # the decoder's
             logger.step(step, self.batch, log_now, {"epoch": epoch, "loss": losses[-1], "lr": lr})
             if (step + 1) % self.steps_per_epoch:

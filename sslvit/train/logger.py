@@ -16,6 +16,12 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def log_interval(every: int, total_steps: int, points: int = 50) -> int:
+    """Steps between logged training records: `every`, or less in a short run, so that it
+    still logs about `points` records (every step when it has fewer steps than that)."""
+    return max(1, min(every, total_steps // points))
+
+
 class RunLogger:
     """Logs training progress on the main process; silent elsewhere.
 
