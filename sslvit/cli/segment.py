@@ -6,6 +6,7 @@ import logging
 
 from sslvit.cli.options import BANDS_HELP, image_size, scratch_bands, worker_count
 from sslvit.models import MODELS
+from sslvit.models.segmentation import DECODERS
 
 log = logging.getLogger("sslvit")
 
@@ -26,8 +27,6 @@ def cmd_segment(args: argparse.Namespace) -> None:
         config.crop_scale = (args.min_crop, 1.0)
     if args.class_names is not None:
         config.class_names = [name.strip() for name in args.class_names.split(",")]
-        if not all(config.class_names):
-            raise ValueError(f"--class-names {args.class_names!r}: a class name is empty")
     if args.ignore_index is not None and args.ignore_index < 0:
         config.ignore_index = None
     train = _pairs_with_bands(SegmentationPairs(args.images, args.masks, strict=args.strict), args)
@@ -130,7 +129,7 @@ def add_segment(sub) -> None:
     )
     p.add_argument(
         "--decoder",
-        choices=["conv", "linear"],
+        choices=DECODERS,
         help="conv: multi-level convolutional decoder (default); linear: the linear probe on the "
         "patch features, the usual measure of frozen features",
     )

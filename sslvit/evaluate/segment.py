@@ -142,6 +142,10 @@ class Segmenter:
         self.train_pairs, self.test_pairs = train_pairs, test_pairs
         self.coding = mask_coding(train_pairs.values | test_pairs.values, config.ignore_index)
         if config.class_names is not None:
+            if not all(config.class_names):
+                raise ValueError(
+                    f"--class-names {','.join(config.class_names)!r}: a class name is empty"
+                )
             if len(config.class_names) != self.coding.n_classes:
                 raise ValueError(
                     f"--class-names: {len(config.class_names)} names for the "

@@ -109,7 +109,7 @@ DECODERS = ("conv", "linear")
 
 
 class ViTSegmenter(nn.Module):
-    """A ViT encoder and a `SegmentationDecoder`: images `[B, C, H, W]` to logits `[B, K, H, W]`.
+    """A ViT encoder and a decoder: images `[B, C, H, W]` to logits `[B, K, H, W]`.
 
     H and W must be divisible by the patch size; any such size works (the position embedding
     is resampled when the grid differs from the encoder's). While `encoder_trainable` is False
