@@ -84,6 +84,18 @@ def test_centre_is_an_ema_of_the_teachers_batch_mean():
     assert torch.allclose(method.center, 0.1 * logits.mean(0, keepdim=True), atol=1e-6)
 
 
+def test_uniform_start_during_the_warm_up_is_not_called_collapse(caplog):
+    """A fresh head sits at ln(K): the monitor starts counting when the warm-up ends."""
+    method = build_method(DINOConfig(**SMALL), create_vit("vit_tiny", 16, 4, 3))
+    uniform = torch.full((4, 128), 1 / 128)
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        for step in range(60):
+            method.start_step(step, 100, 10, warmup_steps=30)
+            method.monitor(uniform, math.log(128))
+            assert method.monitor.collapsed == (step >= 30 + 20 - 1), step
+    assert len([r for r in caplog.records if "ln(128)" in r.message]) == 1
+
+
 def test_local_crop_size_scales_with_the_image():
     assert local_crop_size(224, 16) == 96
     assert local_crop_size(32, 4) == 16

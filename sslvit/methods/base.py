@@ -52,9 +52,12 @@ class Method(nn.Module):
         whose parts train on another schedule splits them further."""
         return param_groups(self, weight_decay, self.no_weight_decay())
 
-    def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+    def start_step(
+        self, step: int, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0
+    ) -> None:
         """Called before the forward passes of each optimiser step (per-step schedules such
-        as a teacher temperature read their position here)."""
+        as a teacher temperature read their position here; `warmup_steps` is the length of the
+        learning-rate warm-up)."""
 
     def adjust_gradients(self, step: int) -> None:
         """Called after the backward passes of a step, before clipping and the optimiser

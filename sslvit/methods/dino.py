@@ -120,6 +120,11 @@ class DistributionMonitor:
     maximum ln(K), and the KL divergence of their batch mean from the uniform distribution.
     Uniform collapse drives the entropy and the loss to ln(K); one-prototype collapse drives the
     KL to ln(K). The warning fires when the loss stays within 2 % of ln(K) for `patience` steps.
+
+    Steps count only while `judging`, which the method clears during the learning-rate
+    warm-up: a fresh network starts at ln(K) by construction (its weight-normalised last layer
+    sees nearly the same embedding for every image), and with the recipe's 65,536 prototypes
+    a healthy run sits within 2 % of ln(K) for its first tens of steps.
     """
 
     def __init__(self, out_dim: int, patience: int = 20):
@@ -127,13 +132,16 @@ class DistributionMonitor:
         self.patience = patience
         self.flat_steps = 0
         self.warned = False
+        self.judging = True
 
     def __call__(self, probs: torch.Tensor, loss: float) -> dict[str, float]:
         probs = probs.detach().float()
         entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
         mean = probs.mean(0)
         kl = float(self.log_k + (mean * mean.clamp_min(1e-12).log()).sum())
-        if abs(loss - self.log_k) < 0.02 * self.log_k:
+        if not self.judging:
+            self.flat_steps = 0
+        elif abs(loss - self.log_k) < 0.02 * self.log_k:
             self.flat_steps += 1
         else:
             self.flat_steps, self.warned = 0, False
@@ -210,9 +218,12 @@ class DINO(Method):
         views += [view(local, c.local_crop_scale, 0.5, 0.0) for _ in range(c.local_crops)]
         return MultiView(views)
 
-    def start_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+    def start_step(
+        self, step: int, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0
+    ) -> None:
         self.epoch = step / steps_per_epoch
         self.total_steps = total_steps
+        self.monitor.judging = step >= warmup_steps
 
     def teacher_temp(self) -> float:
         c = self.config

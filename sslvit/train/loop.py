@@ -404,7 +404,9 @@ class Trainer:
                 held = self.peak_lr if step >= self.warmup_steps else None
                 set_learning_rate(self.optimizer, self._lr(step), held)
                 self._set_weight_decay(step)
-                self.method.start_step(step, self.total_steps, self.steps_per_epoch)
+                self.method.start_step(
+                    step, self.total_steps, self.steps_per_epoch, self.warmup_steps
+                )
                 step_loss, step_logs = 0.0, {}
             views = _to_device(views, self.device)
             no_sync = self.dist.world_size > 1 and not last
