@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sslvit.cli import main
 from sslvit.methods import build_method
 from sslvit.methods.dino import DINOConfig, dino_loss, local_crop_size
 from sslvit.methods.ibot import IBOTConfig, masked_patch_distill
-from sslvit.methods.maskfeat import default_cell_size, hog_targets
+from sslvit.methods.maskfeat import default_cell_size, hog_targets, target_fit
 from sslvit.methods.masking import block_masks
 from sslvit.models import EncoderInfo, create_vit, save_encoder
 from sslvit.train.loop import Trainer
@@ -163,6 +164,21 @@ def test_hog_targets_match_a_direct_computation(cell):
 
 def test_default_hog_cells_halve_the_patch_but_stay_at_least_4_px():
     assert [default_cell_size(p) for p in (16, 14, 8, 4, 2)] == [8, 7, 4, 4, 2]
+
+
+def test_maskfeat_logs_how_much_of_the_target_variance_it_explains():
+    torch.manual_seed(0)
+    target = F.normalize(torch.rand(4, 16, 27), dim=-1)
+    mask = (torch.rand(4, 16) < 0.4).float()
+
+    def loss_of(pred):
+        return ((pred - target).pow(2).mean(-1) * mask).sum() / mask.sum()
+
+    mean = (target * mask.unsqueeze(-1)).sum((0, 1)) / mask.sum()
+    fit = target_fit(loss_of(mean.expand_as(target)), target, mask)
+    assert fit["explained"] == pytest.approx(0.0, abs=1e-5)
+    assert fit["target_var"] == pytest.approx(float(loss_of(mean.expand_as(target))), rel=1e-5)
+    assert target_fit(loss_of(target), target, mask)["explained"] == pytest.approx(1.0)
 
 
 def test_hog_of_a_vertical_edge_is_all_in_the_horizontal_gradient_bin():

@@ -7,7 +7,8 @@ image for each masked patch, and the loss is the mean squared error on the maske
 
 HOG as in the paper: gradients from Sobel filters on each channel, unsigned orientations in 9
 bins, magnitudes weighted by a Gaussian window over each patch and summed in cells of half the
-patch side (8x8 cells in 16x16 patches; 2x2 in 4x4 ones), and the histograms of each patch and
+patch side (8x8 cells in 16x16 patches; a patch under 8 px is one cell, see
+`default_cell_size`), and the histograms of each patch and
 channel L2-normalised together. The target of a patch is `channels * bins * (p / cell)^2` long.
 """
 
@@ -100,6 +101,20 @@ def hog_targets(images: torch.Tensor, patch_size: int, cell_size: int, bins: int
     return feats.reshape(b, gh * gw, c * bins * per * per)
 
 
+@torch.no_grad()
+def target_fit(loss: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How much of the masked targets' variance the prediction explains.
+
+    `target_var` is the loss of predicting the batch's mean target for every masked patch;
+    `explained` is 1 - loss / target_var: 0 for a model that has learnt only the mean HOG
+    (its loss then looks low but carries nothing about the image), 1 for a perfect one.
+    """
+    m = mask.unsqueeze(-1)
+    mean = (target * m).sum(dim=(0, 1)) / m.sum().clamp_min(1)
+    var = float(((target - mean).pow(2).mean(dim=-1) * mask).sum() / mask.sum().clamp_min(1))
+    return {"target_var": var, "explained": 1 - float(loss.detach()) / var if var > 0 else 0.0}
+
+
 @register("maskfeat")
 class MaskFeat(Method):
     """Mask-token ViT + linear head regressing the HOG features of the masked patches."""
@@ -137,4 +152,4 @@ class MaskFeat(Method):
         per_patch = (pred.float() - target).pow(2).mean(dim=-1)
         m = mask.float()
         loss = (per_patch * m).sum() / m.sum()
-        return loss, {"emb_std": self.monitor(tokens[:, 0])}
+        return loss, {"emb_std": self.monitor(tokens[:, 0]), **target_fit(loss, target, m)}
