@@ -1,5 +1,5 @@
 import sys
 
-from sslvit.cli import main
+from sslvit.entry import main
 
 sys.exit(main())

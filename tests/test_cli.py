@@ -188,3 +188,20 @@ def test_a_negative_worker_count_is_refused_when_the_command_line_is_read(comman
     assert "argument --workers: '-1': expected 0 or a positive whole number" in (
         capsys.readouterr().err
     )
+
+
+def test_ctrl_c_while_the_libraries_load_ends_with_one_line(monkeypatch, capsys):
+    import builtins
+
+    from sslvit.entry import main as entry
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "sslvit.cli":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert entry() == 130
+    assert capsys.readouterr().err.strip() == "sslvit: interrupted while starting; nothing was run"
