@@ -8,8 +8,8 @@ image for each masked patch, and the loss is the mean squared error on the maske
 HOG as in the paper: gradients from Sobel filters on each channel, unsigned orientations in 9
 bins, magnitudes weighted by a Gaussian window over each patch and summed in cells of half the
 patch side (8x8 cells in 16x16 patches; a patch under 8 px is one cell, see
-`default_cell_size`), and the histograms of each patch and
-channel L2-normalised together. The target of a patch is `channels * bins * (p / cell)^2` long.
+`default_cell_size`), and the histograms of each patch and channel L2-normalised together.
+The target of a patch is `channels * bins * (p / cell)^2` long.
 """
 
 import math
