@@ -126,7 +126,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     if results["pixels/knn"] > results["MAE encoder/knn"]:
         print(
             "Raw pixels stay ahead on centred 28 px digits, where a pixel is already a good "
-            "feature; a one-minute MAE is measured against the untrained ViT it starts from."
+            "feature; a short MAE run is measured against the untrained ViT it starts from."
         )
     print(f"run folder: {run_dir}  reconstructions: {figure}  encoder: {exported}")
     print(json.dumps(summary))

@@ -152,3 +152,12 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_
         save_checkpoint(state, path)
     assert torch.equal(load_checkpoint(path)["w"], state["w"])
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "meta"])
+def test_an_unknown_device_is_a_clear_error(name):
+    from sslvit.train.distributed import resolve_device
+
+    with pytest.raises(ValueError, match=f"--device {name}: choose auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+    assert resolve_device("cpu").type == "cpu"
