@@ -217,8 +217,9 @@ def config_from_dict(values: dict, where: str = "config") -> Config:
     unknown = set(values) - set(sections)
     if unknown:
         raise ValueError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
-    built = {k: _fill(hints[k], v, f"{where}.{k}") for k, v in values.items()}
-    return Config(method=_fill(method_cls, method, f"{where}.method"), **built)
+    # "--set optim.base_lr: ...", "recipe.yaml optim.base_lr: ...": the source, then the key
+    built = {k: _fill(hints[k], v, f"{where} {k}") for k, v in values.items()}
+    return Config(method=_fill(method_cls, method, f"{where} method"), **built)
 
 
 def load_config(path: str | Path) -> Config:
