@@ -45,8 +45,8 @@ SMALL = [
 # Also measured in one pass (kNN / linear; random weights 31.19 / 44.01): SimSiam base lr 5e-4
 # 32.84 / 40.28, 2e-3 26.73 / 28.91, a 0.3-epoch warm-up 34.76 / 45.50; BYOL momentum 0.97
 # 34.05 / 46.70; MaskFeat base lr 2e-3 34.35 / 47.43 (1e-3: 35.04 / 47.00). DINO (teacher
-# momentum 0.99) did not leave ln(K) in its first 70-100 steps with these settings, with a
-# fixed teacher temperature of 0.04, or with base lr 5e-4 and 2 local crops
+# momentum 0.99) did not leave ln(K) in its first 40-100 steps with these settings, without
+# drop path, with a fixed teacher temperature of 0.04, or with base lr 5e-4 and 2 local crops
 SHORT_RUN = {"byol": ["method.momentum=0.99"], "simsiam": ["method.fix_pred_lr=false"]}
 
 
