@@ -101,6 +101,13 @@ def hog_targets(images: torch.Tensor, patch_size: int, cell_size: int, bins: int
     return feats.reshape(b, gh * gw, c * bins * per * per)
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the features of the masked patches: `[B, N, D]` twice and a
+    `[B, N]` 0/1 mask (`pred` may be one `[D]` vector for every patch)."""
+    per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+
+
 @torch.no_grad()
 def target_fit(loss: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """How much of the masked targets' variance the prediction explains.
@@ -109,9 +116,9 @@ def target_fit(loss: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     `explained` is 1 - loss / target_var: 0 for a model that has learnt only the mean HOG
     (its loss then looks low but carries nothing about the image), 1 for a perfect one.
     """
-    m = mask.unsqueeze(-1)
-    mean = (target * m).sum(dim=(0, 1)) / m.sum().clamp_min(1)
-    var = float(((target - mean).pow(2).mean(dim=-1) * mask).sum() / mask.sum().clamp_min(1))
+    weights = mask.unsqueeze(-1)
+    mean = (target * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1)
+    var = float(masked_mse(mean, target, mask))
     return {"target_var": var, "explained": 1 - float(loss.detach()) / var if var > 0 else 0.0}
 
 
@@ -149,7 +156,6 @@ class MaskFeat(Method):
         pred = self.head(tokens[:, 1:])
         with torch.no_grad():
             target = hog_targets(images, self.patch_size, self.cell_size, c.hog_bins)
-        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
         m = mask.float()
-        loss = (per_patch * m).sum() / m.sum()
+        loss = masked_mse(pred, target, m)
         return loss, {"emb_std": self.monitor(tokens[:, 0]), **target_fit(loss, target, m)}
