@@ -13,7 +13,7 @@ from sslvit.cli import main
 from sslvit.methods import build_method
 from sslvit.methods.dino import DINOConfig, dino_loss, local_crop_size
 from sslvit.methods.ibot import IBOTConfig, masked_patch_distill
-from sslvit.methods.maskfeat import default_cell_size, hog_targets, target_fit
+from sslvit.methods.maskfeat import MaskFeatConfig, default_cell_size, hog_targets, target_fit
 from sslvit.methods.masking import block_masks
 from sslvit.models import EncoderInfo, create_vit, save_encoder
 from sslvit.train.loop import Trainer
@@ -179,6 +179,22 @@ def test_maskfeat_logs_how_much_of_the_target_variance_it_explains():
     assert fit["explained"] == pytest.approx(0.0, abs=1e-5)
     assert fit["target_var"] == pytest.approx(float(loss_of(mean.expand_as(target))), rel=1e-5)
     assert target_fit(loss_of(target), target, mask)["explained"] == pytest.approx(1.0)
+
+
+def test_maskfeat_starts_from_the_mean_target_and_a_resumed_run_keeps_its_head():
+    torch.manual_seed(0)
+    method = build_method(MaskFeatConfig(), create_vit("vit_tiny", 16, 4, 3)).train()
+    images = torch.randn(8, 3, 16, 16)
+    method.start_step(0, 10, 5)
+    loss, logs = method(images)
+    # first prediction: the batch's mean HOG for every masked patch, so nothing explained yet
+    # and nothing worse than the mean either
+    assert logs["explained"] == pytest.approx(0.0, abs=1e-4)
+    assert float(loss) == pytest.approx(logs["target_var"], rel=1e-4)
+    fitted = method.head.bias.clone()
+    method.start_step(3, 10, 5)  # a resumed run: the bias is the one it learnt
+    method(torch.randn(8, 3, 16, 16))
+    assert torch.equal(method.head.bias, fitted)
 
 
 def test_hog_of_a_vertical_edge_is_all_in_the_horizontal_gradient_bin():

@@ -27,6 +27,15 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Average `tensor` over processes in place (no-op in one process)."""
+    _, size = world()
+    if size > 1:
+        dist.all_reduce(tensor)
+        tensor /= size
+    return tensor
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the gradients of every process and keeps its own slice.
 

@@ -13,14 +13,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.data.views import MultiView, augmented_view
 from sslvit.methods.base import Method
-from sslvit.methods.common import CollapseMonitor, view_augment, world
+from sslvit.methods.common import CollapseMonitor, all_reduce_mean_, view_augment
 from sslvit.methods.registry import register
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.heads import DINOHead
@@ -102,15 +101,6 @@ def dino_loss(
             total = total + (-(target * log_p).sum(dim=-1)).mean()
             pairs += 1
     return total / pairs
-
-
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """Average `tensor` over processes in place (no-op in one process)."""
-    _, size = world()
-    if size > 1:
-        dist.all_reduce(tensor)
-        tensor /= size
-    return tensor
 
 
 class DistributionMonitor:

@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sslvit.methods.dino import (
-    DINO,
-    DINOConfig,
-    all_reduce_mean_,
-    dino_loss,
-    linear_ramp,
-)
+from sslvit.methods.common import all_reduce_mean_
+from sslvit.methods.dino import DINO, DINOConfig, dino_loss, linear_ramp
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
 from sslvit.models.heads import DINOHead
