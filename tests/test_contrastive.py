@@ -1,5 +1,6 @@
 """SimCLR, MoCo v3, BYOL and SimSiam: losses, EMA teacher, heads, collapse monitor, training."""
 
+import json
 import logging
 import math
 import os
@@ -183,6 +184,10 @@ def test_simsiam_without_stop_gradient_triggers_the_collapse_warning(
     trainer = Trainer(config)
     trainer.train()
     assert trainer.method.monitor.collapsed is (not stop_gradient)
+    # the warning is in metrics.jsonl too, from the step it fired, not only in the log
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    flags = [r["collapsed"] for r in records if r["kind"] == "train"]
+    assert len(flags) == 10 and flags[-1] == int(not stop_gradient) and flags[0] == 0
 
 
 def test_mocov3_freezes_the_patch_projection_and_moves_its_teacher():

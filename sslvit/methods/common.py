@@ -136,6 +136,10 @@ class CollapseMonitor:
     def collapsed(self) -> bool:
         return self.warned
 
+    @property
+    def can_warn(self) -> bool:
+        return self.threshold > 0
+
 
 @dataclass
 class TwoViewConfig:

@@ -153,6 +153,8 @@ class DistributionMonitor:
     def collapsed(self) -> bool:
         return self.warned
 
+    can_warn = True
+
 
 def linear_ramp(value: float, start: float, end: float, span: float) -> float:
     """Linear ramp from `start` to `end` over `span`, then `end` (DINO's temperature warm-up)."""

@@ -428,6 +428,9 @@ class Trainer:
                 step_loss = all_reduce_mean(step_loss, self.device)
             values = {"epoch": step // self.steps_per_epoch, "loss": step_loss, **step_logs}
             values["lr"] = self.optimizer.param_groups[0]["lr"]
+            monitor = getattr(self.method, "monitor", None)
+            if monitor is not None and monitor.can_warn:
+                values["collapsed"] = int(monitor.collapsed)  # 1 from the step it warned
             if cfg.optim.weight_decay_end is not None:
                 values["wd"] = self.optimizer.param_groups[0]["weight_decay"]
             logger.step(step, self.effective_batch, log_now, values)
