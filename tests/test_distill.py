@@ -16,6 +16,7 @@ from sslvit.methods.ibot import IBOTConfig, masked_patch_distill
 from sslvit.methods.maskfeat import MaskFeatConfig, default_cell_size, hog_targets, target_fit
 from sslvit.methods.masking import block_masks
 from sslvit.models import EncoderInfo, create_vit, save_encoder
+from sslvit.models.heads import DINOHead
 from sslvit.train.loop import Trainer
 
 SMALL = {"out_dim": 128, "hidden_dim": 32, "bottleneck_dim": 16}
@@ -195,6 +196,20 @@ def test_maskfeat_starts_from_the_mean_target_and_a_resumed_run_keeps_its_head()
     method.start_step(3, 10, 5)  # a resumed run: the bias is the one it learnt
     method(torch.randn(8, 3, 16, 16))
     assert torch.equal(method.head.bias, fitted)
+
+
+def test_dino_head_batch_norm_pools_every_leading_dimension():
+    torch.manual_seed(0)
+    head = DINOHead(8, 32, hidden_dim=16, bottleneck_dim=4, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.mlp) == 2
+    tokens = torch.randn(3, 5, 8) * 4 + 2  # iBOT's patch tokens: [B, N, D]
+    out = head(tokens)
+    assert out.shape == (3, 5, 32)
+    assert torch.allclose(out.reshape(15, 32), head(tokens.reshape(15, 8)), atol=1e-6)
+    # in training, the hidden layer is normalised over all 15 tokens together
+    hidden = head.mlp[1](head.mlp[0](tokens.reshape(15, 8)))
+    assert torch.allclose(hidden.mean(0), torch.zeros(16), atol=1e-5)
+    assert head.eval()(tokens[:1, :1]).shape == (1, 1, 32)  # one token in eval mode
 
 
 def test_hog_of_a_vertical_edge_is_all_in_the_horizontal_gradient_bin():

@@ -36,6 +36,8 @@ class DINOConfig:
     (scale 0.05-0.4) of `local_size` pixels; None scales the paper's 96/224 with the image size
     and rounds up to whole patches (16 px for 32 px images with 4 px patches). Augmentations as
     BYOL: blur p 1.0 / 0.1 / 0.5 (global 1, global 2, locals), solarisation p 0.2 on global 2.
+    `head_bn` puts BatchNorm in the head's MLP (the official code's `use_bn_in_head`, off in
+    its ViT recipe).
     """
 
     name: str = "dino"
@@ -45,6 +47,7 @@ class DINOConfig:
     bottleneck_dim: int = 256
     head_layers: int = 3
     norm_last_layer: bool = True
+    head_bn: bool = False
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -185,7 +188,13 @@ class DINO(Method):
     def make_head(self, in_dim: int) -> nn.Module:
         c = self.config
         return DINOHead(
-            in_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.norm_last_layer
+            in_dim,
+            c.out_dim,
+            c.hidden_dim,
+            c.bottleneck_dim,
+            c.head_layers,
+            c.norm_last_layer,
+            c.head_bn,
         )
 
     def _student(self) -> nn.ModuleDict:

@@ -101,6 +101,7 @@ class IBOT(DINO):
             c.bottleneck_dim,
             c.head_layers,
             c.norm_last_layer,
+            c.head_bn,
         )
         return _TwoHeads(cls_head, patch_head)
 

@@ -66,8 +66,13 @@ class MLPHead(nn.Sequential):
 
 
 class DINOHead(nn.Module):
-    """MLP (GELU, no BatchNorm) to a bottleneck, L2 normalisation, then a weight-normalised
-    linear layer to `out_dim` prototypes whose norm is fixed to 1 with `norm_last_layer`."""
+    """MLP (GELU) to a bottleneck, L2 normalisation, then a weight-normalised linear layer to
+    `out_dim` prototypes whose norm is fixed to 1 with `norm_last_layer`.
+
+    `batch_norm` puts a BatchNorm after each hidden layer (the official code's
+    `use_bn_in_head`, off for ViTs in the paper); inputs may have any leading dimensions (iBOT's
+    patch tokens `[B, N, D]`), which the BatchNorm pools together.
+    """
 
     def __init__(
         self,
@@ -77,6 +82,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         layers: int = 3,
         norm_last_layer: bool = True,
+        batch_norm: bool = False,
     ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
@@ -84,6 +90,8 @@ class DINOHead(nn.Module):
         for i in range(layers):
             modules.append(nn.Linear(dims[i], dims[i + 1]))
             if i < layers - 1:
+                if batch_norm:
+                    modules.append(nn.BatchNorm1d(dims[i + 1]))
                 modules.append(nn.GELU())
         self.mlp = nn.Sequential(*modules)
         for m in self.mlp.modules():
@@ -97,6 +105,6 @@ class DINOHead(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
+        x = F.normalize(self.mlp(x.flatten(0, -2)), dim=-1).view(*x.shape[:-1], -1)
         weight = self.last_g * F.normalize(self.last_v, dim=1)
         return x @ weight.T
