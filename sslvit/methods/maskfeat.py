@@ -31,10 +31,15 @@ from sslvit.models.vit import forward_tokens
 class MaskFeatConfig:
     """MaskFeat's ViT defaults: block-wise masking of 40 %, HOG with 9 bins and cells of half
     the patch side. `cell_size` None scales the paper's 8 px cells with the patch size, down to
-    `MIN_CELL` px: below that one cell covers the whole patch (see `default_cell_size`)."""
+    `MIN_CELL` px: below that one cell covers the whole patch (see `default_cell_size`).
+
+    `pool` is the feature the probes and exports read. The loss reaches only the patch tokens,
+    so the default is their mean; the class token is trained by nothing but attention. Measured
+    on CIFAR-10 after one pass (bench.methods, kNN / linear): mean 36.31 / 50.19, class token
+    29.93 / 47.25."""
 
     name: str = "maskfeat"
-    pool: str = "cls"
+    pool: str = "mean"
     mask_ratio: float = 0.4
     min_block: int = 4
     mask_aspect: tuple[float, float] = (0.3, 1 / 0.3)
@@ -149,7 +154,7 @@ class MaskFeat(Method):
         self.head = nn.Linear(encoder.embed_dim, self.target_dim)
         nn.init.zeros_(self.head.weight)
         self._fit_head_bias = False
-        self.monitor = CollapseMonitor("class-token embedding", threshold=0.0)
+        self.monitor = CollapseMonitor("pooled patch tokens", threshold=0.0)
         # the images reaching `forward` are normalised; HOG is taken on them as they are,
         # which only rescales each channel before the per-patch normalisation
 
@@ -180,4 +185,5 @@ class MaskFeat(Method):
         tokens = forward_tokens(self.encoder, images, mask, self.mask_token)
         pred = self.head(tokens[:, 1:])
         loss = masked_mse(pred, target, m)
-        return loss, {"emb_std": self.monitor(tokens[:, 0]), **target_fit(loss, target, m)}
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        return loss, {"emb_std": self.monitor(pooled.detach()), **target_fit(loss, target, m)}
