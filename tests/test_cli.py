@@ -1,6 +1,7 @@
 """Each command end to end on a tiny folder of real digits, and the errors users will meet."""
 
 import json
+import logging
 
 import pytest
 import timm
@@ -205,3 +206,15 @@ def test_ctrl_c_while_the_libraries_load_ends_with_one_line(monkeypatch, capsys)
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert entry() == 130
     assert capsys.readouterr().err.strip() == "sslvit: interrupted while starting; nothing was run"
+
+
+def test_warnings_are_tagged_in_the_log_and_progress_lines_are_not():
+    from sslvit.cli import _TaggedFormatter
+
+    fmt = _TaggedFormatter()
+
+    def line(level, text):
+        return fmt.format(logging.LogRecord("sslvit", level, __file__, 1, text, None, None))
+
+    assert line(logging.INFO, "step 1/2").split(" ", 1)[1] == "step 1/2"
+    assert line(logging.WARNING, "collapse: x").split(" ", 1)[1] == "WARNING collapse: x"

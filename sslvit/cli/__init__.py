@@ -56,15 +56,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _TaggedFormatter(logging.Formatter):
+    """Progress lines as `time message`; warnings and errors as `time WARNING message`, so a
+    collapse warning or a skipped file stands out from the steps around it."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        self._tagged = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return self._tagged.format(record)
+        return super().format(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TaggedFormatter())
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler])
     from sslvit.train.loop import NonFiniteLossError
 
     try:

@@ -262,7 +262,7 @@ class Finetuner:
             "img_size": list(self.info.img_size),
             "patch_size": self.info.patch_size,
             "epochs": self.epochs,
-            "lr": self.peak_lr,
+            "lr": float(f"{self.peak_lr:.6g}"),
             "layer_decay": self.layer_decay,
         }
 
