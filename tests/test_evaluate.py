@@ -274,3 +274,15 @@ def test_linear_probe_defaults_reach_a_plateau_on_cifar10_features():
     assert default["top1"] > 25.0  # chance is 10 %
     assert abs(longer["top1"] - default["top1"]) < 4.0, (default, longer)
     assert seconds < 30.0
+
+
+def test_saved_results_carry_no_float_noise(tmp_path):
+    from sslvit.evaluate.report import save_result
+
+    path = save_result(tmp_path, "knn", {"top1": 100 / 3, "lr": 0.9 / 64, "per": [1 / 7], "n": 3})
+    assert json.loads(path.read_text()) == {
+        "top1": 33.3333,
+        "lr": 0.0140625,
+        "per": [0.142857],
+        "n": 3,
+    }

@@ -144,7 +144,7 @@ def fit_probe(
             lambda step: cosine_schedule(step, total, warmup, peak_lr),
         )
     probe.eval()
-    return probe, {"train_loss": epoch_loss, "epochs": epochs, "lr": float(f"{peak_lr:.6g}")}
+    return probe, {"train_loss": epoch_loss, "epochs": epochs, "lr": peak_lr}
 
 
 def linear_probe(

@@ -67,6 +67,18 @@ def format_csv(rows: list[dict]) -> str:
     return text.getvalue()
 
 
+def tidy_floats(value, digits: int = 6):
+    """`value` with every float inside it cut to `digits` significant digits, for JSON people
+    read: 33.3333 rather than 33.333333333333336, 0.0140625 rather than 0.014062499999999999."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: tidy_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [tidy_floats(v, digits) for v in value]
+    return value
+
+
 def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     """Write `result` to `run_dir/eval/NAME.json`, atomically.
 
@@ -76,14 +88,15 @@ def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     Args:
         run_dir: The run's folder.
         name: The result's name, e.g. "knn" or "linear-10pct"; letters, digits, ".", "_", "-".
-        result: A JSON-serialisable dict.
+        result: A JSON-serialisable dict (floats are written to 6 significant digits).
 
     Returns:
         The path written.
     """
     if not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"result name {name!r} must be letters, digits, '.', '_' or '-'")
-    return write_text_atomic(Path(run_dir) / "eval" / f"{name}.json", json.dumps(result, indent=2))
+    text = json.dumps(tidy_floats(result), indent=2)
+    return write_text_atomic(Path(run_dir) / "eval" / f"{name}.json", text)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
