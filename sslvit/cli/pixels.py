@@ -23,7 +23,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
         result_name,
         window_features,
     )
-    from sslvit.evaluate.report import format_table, save_result
+    from sslvit.evaluate.report import format_table, save_result, tidy_floats
     from sslvit.models import load_encoder
     from sslvit.train.distributed import resolve_device
 
@@ -100,7 +100,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
     per_class = [{"class": k, "accuracy": v} for k, v in result["per_class"].items()]
     print(format_table(per_class, ["class", "accuracy"]))
     log.info("saved %s", save_result(run_dir, name, result))
-    print(json.dumps(result))
+    print(json.dumps(tidy_floats(result)))
 
 
 def add_pixels_options(p) -> None:

@@ -13,7 +13,7 @@ log = logging.getLogger("sslvit")
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from sslvit.data.masks import SegmentationPairs
-    from sslvit.evaluate.report import format_table
+    from sslvit.evaluate.report import format_table, tidy_floats
     from sslvit.evaluate.segment import SegmentConfig, segment
 
     if (args.test_images is None) != (args.test_masks is None):
@@ -48,7 +48,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         )
     )
     log.info("run folder: %s", args.out)
-    print(json.dumps(result))
+    print(json.dumps(tidy_floats(result)))
 
 
 def _pairs_with_bands(pairs, args: argparse.Namespace):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.evaluate.embed import load_embeddings
-from sslvit.evaluate.report import format_csv, write_text_atomic
+from sslvit.evaluate.report import format_csv, tidy_floats, write_text_atomic
 
 log = logging.getLogger("sslvit")
 
@@ -198,5 +198,5 @@ def cluster_file(
             row["label"] = label
     result.update(assignments=str(out), metrics=str(out.with_suffix(".json")))
     write_text_atomic(out, format_csv(rows))
-    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=2))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(tidy_floats(result), indent=2))
     return result

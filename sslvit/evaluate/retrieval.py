@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.evaluate.embed import FORMATS, Embeddings, embed_query, load_embeddings
-from sslvit.evaluate.report import format_csv, write_text_atomic
+from sslvit.evaluate.report import format_csv, tidy_floats, write_text_atomic
 
 log = logging.getLogger("sslvit")
 
@@ -241,5 +241,5 @@ def retrieve_files(
     if out is not None:
         out = Path(out)
         write_text_atomic(out, format_csv(rows))
-        write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=2))
+        write_text_atomic(out.with_suffix(".json"), json.dumps(tidy_floats(result), indent=2))
     return {**result, "rows": rows}
