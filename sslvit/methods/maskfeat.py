@@ -24,7 +24,7 @@ from sslvit.methods.base import Method
 from sslvit.methods.common import CollapseMonitor, all_reduce_mean_
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
-from sslvit.models.vit import forward_tokens
+from sslvit.models.vit import forward_tokens, pool_tokens
 
 
 @dataclass
@@ -113,6 +113,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
 
+def masked_mean(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean `[D]` of the `[B, N, D]` targets over the patches where the `[B, N]` mask is 1."""
+    weights = mask.unsqueeze(-1)
+    return (target * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1)
+
+
 @torch.no_grad()
 def target_fit(loss: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """How much of the masked targets' variance the prediction explains.
@@ -121,8 +127,7 @@ def target_fit(loss: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     `explained` is 1 - loss / target_var: 0 for a model that has learnt only the mean HOG
     (its loss then looks low but carries nothing about the image), 1 for a perfect one.
     """
-    weights = mask.unsqueeze(-1)
-    mean = (target * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1)
+    mean = masked_mean(target, mask)
     var = float(masked_mse(mean, target, mask))
     return {"target_var": var, "explained": 1 - float(loss.detach()) / var if var > 0 else 0.0}
 
@@ -165,9 +170,7 @@ class MaskFeat(Method):
 
     @torch.no_grad()
     def _start_at_mean_target(self, target: torch.Tensor, mask: torch.Tensor) -> None:
-        weights = mask.unsqueeze(-1)
-        mean = (target * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1)
-        self.head.bias.copy_(all_reduce_mean_(mean))
+        self.head.bias.copy_(all_reduce_mean_(masked_mean(target, mask)))
         self._fit_head_bias = False
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -185,5 +188,5 @@ class MaskFeat(Method):
         tokens = forward_tokens(self.encoder, images, mask, self.mask_token)
         pred = self.head(tokens[:, 1:])
         loss = masked_mse(pred, target, m)
-        pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
-        return loss, {"emb_std": self.monitor(pooled.detach()), **target_fit(loss, target, m)}
+        pooled = pool_tokens(tokens.detach(), self.pool)
+        return loss, {"emb_std": self.monitor(pooled), **target_fit(loss, target, m)}

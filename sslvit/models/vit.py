@@ -225,8 +225,14 @@ def pooled_features(encoder: VisionTransformer, images: torch.Tensor, pool: str)
         Features `[B, embed_dim]`.
     """
     tokens = encoder.forward_features(images)  # [B, 1 + N, D]
+    return pool_tokens(tokens, pool, encoder.num_prefix_tokens)
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, prefix: int = 1) -> torch.Tensor:
+    """`[B, prefix + N, D]` tokens to `[B, D]`: the class token ("cls") or the mean of the
+    patch tokens after the `prefix` ones ("mean")."""
     if pool == "cls":
         return tokens[:, 0]
     if pool == "mean":
-        return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+        return tokens[:, prefix:].mean(dim=1)
     raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
