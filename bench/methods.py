@@ -1,11 +1,12 @@
 """Every pretraining method on CIFAR-10 for the same budget, then kNN and linear top-1.
 
 For each method: its recipe (`sslvit/recipes/NAME.yaml`; MAE takes `mae_tiny32.yaml`) with the
-small-image settings below (ViT-Tiny, 32 px, patch 4, batch 128; BYOL batch 64), pretrained on the CIFAR-10 train split from ../shared/data
-with labels ignored, for a fixed number of images seen (default one pass, 50,000). Then kNN
-(k=20, T=0.07) and linear-probe top-1 on the test split with the train split as the labelled
-set, next to the random-weight encoder every run starts from, and the final embedding spread
-(the collapse monitor's std of the L2-normalised embeddings; 1/sqrt(d) is healthy).
+small-image settings below (ViT-Tiny, 32 px, patch 4, batch 128; BYOL batch 64), pretrained on the
+CIFAR-10 train split from ../shared/data with labels ignored, for a fixed number of images seen
+(default one pass, 50,000). Then kNN (k=20, T=0.07) and linear-probe top-1 on the test split with
+the train split as the labelled set, next to the random-weight encoder every run starts from, and
+the final embedding spread (the collapse monitor's std of the L2-normalised embeddings; 1/sqrt(d)
+is healthy).
 
     python -m bench.methods [--methods mae,simclr,...] [--images 50000]
 """
@@ -36,22 +37,24 @@ SMALL = [
     "optim.warmup_epochs=0.1",
     "run.log_every=50",
 ]
-# per-method changes for a one-pass run: BYOL's target momentum of 0.996 (rising to 1) is tuned
-# for hundreds of epochs; over a few hundred steps the target hardly moves, so the short run uses
-# the 0.99 that MoCo v3 uses for ViTs, and batches of 64: 781 updates instead of 390 for the same
-# 50,000 images (kNN 37.58 / linear 49.09, against 33.50 / 46.70 with batches of 128). SimSiam's
-# predictor held at its peak rate (the paper's default, for 100+ epochs) measured worse in one
-# pass: kNN 33.15 / linear 40.98 against 35.58 / 47.69 with the predictor decaying like the rest,
-# so the short run decays it.
-# Also measured in one pass (kNN / linear; random weights 31.19 / 44.01): SimSiam base lr 5e-4
-# 32.84 / 40.28, 2e-3 26.73 / 28.91, a 0.3-epoch warm-up 34.76 / 45.50, batches of 64
-# 33.59 / 43.34; BYOL momentum 0.97 34.05 / 46.70 (batches of 128); MaskFeat base lr 2e-3
-# 34.35 / 47.43 (1e-3: 35.04 / 47.00) before its head started at the mean target, after it
-# 36.31 / 50.19 from the mean patch token and 29.93 / 47.25 from the class token. DINO (teacher
-# momentum 0.99) did not leave ln(K) in its first 40-100 steps with these settings, without
-# drop path, with a fixed teacher temperature of 0.04, with base lr 5e-4 and 2 local crops, or
-# with BatchNorm in the head (method.head_bn: teacher entropy 10.19 at step 10 instead of
-# ~10.6, rising to 10.67 by step 50 as the teacher temperature warms; collapse warning at 60)
+# per-method changes for a one-pass run: BYOL's target momentum of 0.996 (rising to 1) is tuned for
+# hundreds of epochs; over a few hundred steps the target hardly moves, so the short run uses the
+# 0.99 that MoCo v3 uses for ViTs, and batches of 64: 781 updates instead of 390 for the same 50,000
+# images (kNN 37.58 / linear 49.09, against 33.50 / 46.70 with batches of 128). SimSiam's predictor
+# held at its peak rate (the paper's default, for 100+ epochs) measured worse in one pass: kNN 33.15
+# / linear 40.98 against 35.58 / 47.69 with the predictor decaying like the rest, so the short run
+# decays it.
+# Also measured in one pass (kNN / linear; random weights 31.19 / 44.01): SimSiam base lr 5e-4 32.84
+# / 40.28, 2e-3 26.73 / 28.91, a 0.3-epoch warm-up 34.76 / 45.50, batches of 64 33.59 / 43.34 (base
+# lr 2e-3, the same peak per step: 35.29 / 48.80), and run.seed=1 with the settings below 27.49 /
+# 34.35 (seed 0: 35.58 / 47.69; one-pass SimSiam swings by 8); BYOL momentum 0.97 34.05 / 46.70
+# (batches of 128); MaskFeat base lr 2e-3 34.35 / 47.43 (1e-3: 35.04 / 47.00) before its head
+# started at the mean target, after it 36.31 / 50.19 from the mean patch token and 29.93 / 47.25
+# from the class token. DINO (teacher momentum 0.99) did not leave ln(K) in its first 40-100 steps
+# with these settings, without drop path, with a fixed teacher temperature of 0.04, with base lr
+# 5e-4 and 2 local crops, or with BatchNorm in the head (method.head_bn: teacher entropy 10.19 at
+# step 10 instead of ~10.6, rising to 10.67 by step 50 as the teacher temperature warms; collapse
+# warning at 60)
 SHORT_RUN = {
     "byol": ["method.momentum=0.99", "optim.batch_size=64"],
     "simsiam": ["method.fix_pred_lr=false"],
