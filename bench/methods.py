@@ -50,11 +50,11 @@ SMALL = [
 # 34.35 (seed 0: 35.58 / 47.69; one-pass SimSiam swings by 8); BYOL momentum 0.97 34.05 / 46.70
 # (batches of 128); MaskFeat base lr 2e-3 34.35 / 47.43 (1e-3: 35.04 / 47.00) before its head
 # started at the mean target, after it 36.31 / 50.19 from the mean patch token and 29.93 / 47.25
-# from the class token. DINO (teacher momentum 0.99) did not leave ln(K) in its first 40-100 steps
-# with these settings, without drop path, with a fixed teacher temperature of 0.04, with base lr
-# 5e-4 and 2 local crops, or with BatchNorm in the head (method.head_bn: teacher entropy 10.19 at
-# step 10 instead of ~10.6, rising to 10.67 by step 50 as the teacher temperature warms; collapse
-# warning at 60)
+# from the class token (seed 1, mean patch token: 33.59 / 49.74). DINO (teacher momentum 0.99) did
+# not leave ln(K) in its first 40-100 steps with these settings, without drop path, with a fixed
+# teacher temperature of 0.04, with base lr 5e-4 and 2 local crops, or with BatchNorm in the head
+# (method.head_bn: teacher entropy 10.19 at step 10 instead of ~10.6, rising to 10.67 by step 50 as
+# the teacher temperature warms; collapse warning at 60)
 SHORT_RUN = {
     "byol": ["method.momentum=0.99", "optim.batch_size=64"],
     "simsiam": ["method.fix_pred_lr=false"],
