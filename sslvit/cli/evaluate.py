@@ -53,7 +53,7 @@ def _eval_sets(args: argparse.Namespace, reader: dict):
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from sslvit.evaluate.classify import evaluate_encoder
-    from sslvit.evaluate.report import format_table, save_result, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json, save_result
     from sslvit.models import load_encoder
     from sslvit.train.distributed import resolve_device
 
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
     saved = save_result(run_dir, _result_name(args), result)
     log.info("saved %s", saved)
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def _eval_efficiency(args: argparse.Namespace) -> None:
@@ -161,7 +161,7 @@ def _finetune_config(args: argparse.Namespace):
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from sslvit.evaluate.finetune import finetune
-    from sslvit.evaluate.report import format_table, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json
 
     scratch = args.encoder.lower() == "none"
     on_sample = args.data is None
@@ -175,7 +175,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     columns = ["kind", "labels", "n_train", "n_test", "top1", "top5", "best_top1", "best_epoch"]
     print(format_table([result], [c for c in columns if c in result]))
     log.info("run folder: %s", args.out)
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def add_eval(sub) -> None:

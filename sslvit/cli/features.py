@@ -1,7 +1,6 @@
 """`sslvit embed`, `retrieve` and `cluster`: features files and what is computed from them."""
 
 import argparse
-import json
 
 from sslvit.cli.options import BANDS_HELP, add_reader_options, reader_options, worker_count
 
@@ -26,7 +25,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> None:
-    from sslvit.evaluate.report import format_table, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json
     from sslvit.evaluate.retrieval import retrieve_files
 
     result = retrieve_files(
@@ -40,17 +39,17 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
     if len(shown) < len(rows):
         where = f"all in {args.out}" if args.out else "--out writes all"
         print(f"... and {result['n_queries'] - args.show} more queries ({where})")
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
     from sslvit.evaluate.cluster import cluster_file
-    from sslvit.evaluate.report import format_table, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json
 
     result = cluster_file(args.features, args.k, seed=args.seed, out=args.out)
     columns = [c for c in ("n", "k", "nmi", "ari", "purity", "inertia") if c in result]
     print(format_table([result], columns))
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def add_features(sub) -> None:

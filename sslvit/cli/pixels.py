@@ -1,7 +1,6 @@
 """`sslvit eval pixels`: a hyperspectral cube's labelled pixels, classified from a few per class."""
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
         result_name,
         window_features,
     )
-    from sslvit.evaluate.report import format_table, save_result, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json, save_result
     from sslvit.models import load_encoder
     from sslvit.train.distributed import resolve_device
 
@@ -100,7 +99,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
     per_class = [{"class": k, "accuracy": v} for k, v in result["per_class"].items()]
     print(format_table(per_class, ["class", "accuracy"]))
     log.info("saved %s", save_result(run_dir, name, result))
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def add_pixels_options(p) -> None:

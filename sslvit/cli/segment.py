@@ -1,7 +1,6 @@
 """`sslvit segment`: a segmentation decoder on the encoder, trained on image and mask folders."""
 
 import argparse
-import json
 import logging
 
 from sslvit.cli.options import BANDS_HELP, image_size, scratch_bands, worker_count
@@ -13,7 +12,7 @@ log = logging.getLogger("sslvit")
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from sslvit.data.masks import SegmentationPairs
-    from sslvit.evaluate.report import format_table, tidy_floats
+    from sslvit.evaluate.report import format_table, result_json
     from sslvit.evaluate.segment import SegmentConfig, segment
 
     if (args.test_images is None) != (args.test_masks is None):
@@ -48,7 +47,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         )
     )
     log.info("run folder: %s", args.out)
-    print(json.dumps(tidy_floats(result)))
+    print(result_json(result))
 
 
 def _pairs_with_bands(pairs, args: argparse.Namespace):

@@ -11,7 +11,6 @@ Scores, for cluster assignments and class labels of the same N items:
 - purity: each cluster counted as its most frequent class, the fraction of items so matched.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.evaluate.embed import load_embeddings
-from sslvit.evaluate.report import format_csv, tidy_floats, write_text_atomic
+from sslvit.evaluate.report import format_csv, result_json, write_text_atomic
 
 log = logging.getLogger("sslvit")
 
@@ -198,5 +197,5 @@ def cluster_file(
             row["label"] = label
     result.update(assignments=str(out), metrics=str(out.with_suffix(".json")))
     write_text_atomic(out, format_csv(rows))
-    write_text_atomic(out.with_suffix(".json"), json.dumps(tidy_floats(result), indent=2))
+    write_text_atomic(out.with_suffix(".json"), result_json(result, 2))
     return result

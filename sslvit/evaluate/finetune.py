@@ -29,7 +29,7 @@ from sslvit.evaluate.confusion import confusion_figure, confusion_matrix, per_cl
 from sslvit.evaluate.features import _grey_to_rgb, encoder_transform
 from sslvit.evaluate.knn import topk_accuracy
 from sslvit.evaluate.mixing import mix_batch, smooth_targets, soft_cross_entropy
-from sslvit.evaluate.report import check_new_run_dir, save_result, tidy_floats
+from sslvit.evaluate.report import check_new_run_dir, result_json, save_result
 from sslvit.models import EncoderInfo, create_vit, load_encoder, select_attention_kernel
 from sslvit.models.vit import resize_pos_embed
 from sslvit.train.checkpoint import save_checkpoint
@@ -340,7 +340,7 @@ class Finetuner:
         matrix = confusion_matrix(logits.argmax(dim=1), labels, len(self.classes))
         per_class = per_class_accuracy(matrix, self.classes)
         confusion = {"classes": self.classes, "matrix": matrix.tolist(), "per_class": per_class}
-        (self.run_dir / "confusion.json").write_text(json.dumps(tidy_floats(confusion)) + "\n")
+        (self.run_dir / "confusion.json").write_text(result_json(confusion) + "\n")
         scores = topk_accuracy(logits, labels)
         title = f"fine-tuned, last epoch: top-1 {scores['top1']:.1f} % on {len(labels)} images"
         confusion_figure(matrix, self.classes, self.run_dir / "figures" / "confusion.png", title)

@@ -79,6 +79,11 @@ def tidy_floats(value, digits: int = 6):
     return value
 
 
+def result_json(result, indent: int | None = None) -> str:
+    """`result` as JSON with its floats tidied (`tidy_floats`): what commands print and save."""
+    return json.dumps(tidy_floats(result), indent=indent)
+
+
 def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     """Write `result` to `run_dir/eval/NAME.json`, atomically.
 
@@ -95,8 +100,7 @@ def save_result(run_dir: str | Path, name: str, result: dict) -> Path:
     """
     if not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"result name {name!r} must be letters, digits, '.', '_' or '-'")
-    text = json.dumps(tidy_floats(result), indent=2)
-    return write_text_atomic(Path(run_dir) / "eval" / f"{name}.json", text)
+    return write_text_atomic(Path(run_dir) / "eval" / f"{name}.json", result_json(result, 2))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -16,7 +16,6 @@ index (their class is absent) are left out of both metrics and counted as `n_unm
 in similarity are ranked by position in the index.
 """
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sslvit.evaluate.embed import FORMATS, Embeddings, embed_query, load_embeddings
-from sslvit.evaluate.report import format_csv, tidy_floats, write_text_atomic
+from sslvit.evaluate.report import format_csv, result_json, write_text_atomic
 
 log = logging.getLogger("sslvit")
 
@@ -241,5 +240,5 @@ def retrieve_files(
     if out is not None:
         out = Path(out)
         write_text_atomic(out, format_csv(rows))
-        write_text_atomic(out.with_suffix(".json"), json.dumps(tidy_floats(result), indent=2))
+        write_text_atomic(out.with_suffix(".json"), result_json(result, 2))
     return {**result, "rows": rows}
