@@ -208,6 +208,22 @@ def test_mocov3_freezes_the_patch_projection_and_moves_its_teacher():
     assert not any(p.requires_grad for p in method.teacher.parameters())
 
 
+@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam"])
+def test_every_two_view_method_can_freeze_the_patch_projection(method):
+    """MoCo v3's stability measure is a shared option: off by default, honoured by all."""
+    small = {**SMALL_HEADS[method]}
+    assert method_config_class(method)(**small).freeze_patch_embed is False
+    method_ = build_method(
+        method_config_class(method)(**small, freeze_patch_embed=True),
+        create_vit("vit_tiny", 16, 4, 3),
+    )
+    frozen = [n for n, p in method_.named_parameters() if not p.requires_grad]
+    assert [n for n in frozen if not n.startswith("teacher.")] == [
+        "encoder.patch_embed.proj.weight",
+        "encoder.patch_embed.proj.bias",
+    ]
+
+
 def _config(data, out, method, steps=6, **method_fields):
     from tests.test_train import tiny_config
 

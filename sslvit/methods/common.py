@@ -146,7 +146,10 @@ class TwoViewConfig:
     """Settings every two-view method shares: its two views' augmentations and pooling.
 
     `*_prob` pairs give the probability for view 1 and view 2 (BYOL's asymmetric blur and
-    solarisation). Colour jitter strengths are those of the method's paper. The collapse
+    solarisation). Colour jitter strengths are those of the method's paper.
+    `freeze_patch_embed` keeps the encoder's patch projection at its random initialisation, the
+    stability measure of the MoCo v3 paper (Chen, Xie and He, ICCV 2021), which it reports
+    helps SimCLR and BYOL on ViTs as well; on in the MoCo v3 recipe, off elsewhere. The collapse
     monitor warns when the watched embedding's spread averages less than `collapse_threshold`
     times the healthy 1/sqrt(d) over `collapse_patience` steps: healthy runs measured here stay
     above 0.6 of it, and SimSiam without its stop-gradient falls to 0.1-0.2 within 100 steps.
@@ -164,6 +167,7 @@ class TwoViewConfig:
     grayscale_prob: float = 0.2
     blur_prob: tuple[float, float] = (1.0, 0.1)
     solarize_prob: tuple[float, float] = (0.0, 0.2)
+    freeze_patch_embed: bool = False
     collapse_threshold: float = 0.25
     collapse_patience: int = 20
 
@@ -214,6 +218,9 @@ class TwoViewMethod(Method):
     def __init__(self, config: TwoViewConfig, encoder: VisionTransformer):
         super().__init__(config, encoder)
         self.pool = config.pool
+        if config.freeze_patch_embed:
+            encoder.patch_embed.proj.weight.requires_grad_(False)
+            encoder.patch_embed.proj.bias.requires_grad_(False)
         self.monitor = CollapseMonitor(
             self.watched, config.collapse_threshold, config.collapse_patience
         )

@@ -59,10 +59,6 @@ class MoCoV3(MomentumTwoViewMethod):
 
     def __init__(self, config: MoCoV3Config, encoder: VisionTransformer):
         super().__init__(config, encoder)
-        if config.freeze_patch_embed:
-            # the paper's stability trick: a random patch projection that is never trained
-            encoder.patch_embed.proj.weight.requires_grad_(False)
-            encoder.patch_embed.proj.bias.requires_grad_(False)
         self.projector = MLPHead(
             encoder.embed_dim, config.proj_hidden_dim, config.proj_dim, 3, "bn_no_affine"
         )
