@@ -315,8 +315,19 @@ def composite_bands(
 
 
 def stretch_limits(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 2nd and 98th percentile of each image's channels, NaN left out: `[B, C, 1, 1]` each."""
+    """Display limits `[B, C, 1, 1]` (low, high) for `composite`.
+
+    8-bit pictures (every valid value of the batch within 0..255, and some above 1: photos and
+    8-bit scans in native units) keep their own colours and brightness: 0 and 255 for every
+    channel. Anything else (16-bit, float, multi-band rasters) is stretched: the 2nd and 98th
+    percentile of each image's channels, NaN left out.
+    """
     flat = images.float().flatten(2)
+    valid = flat[flat.isfinite()]
+    # a resize or the normalise / denormalise round trip moves 8-bit values by rounding errors
+    if valid.numel() and valid.min() >= -1e-2 and 1.0 < valid.max() <= 255 + 1e-2:
+        low = torch.zeros(*flat.shape[:2], 1, 1, device=flat.device)
+        return low, low + 255
     low = flat.nanquantile(0.02, dim=2)[..., None, None]
     high = flat.nanquantile(0.98, dim=2)[..., None, None]
     return low, high
@@ -329,8 +340,9 @@ def composite(
 ) -> torch.Tensor:
     """Images `[B, C, H, W]` in native units to displayable `[B, H, W, 1 or 3]` in [0, 1].
 
-    Each drawn channel is stretched linearly between its 2nd and 98th percentile in that image
-    (invalid pixels left out), and invalid (NaN) pixels are black.
+    8-bit pictures are drawn as they are; other channels are stretched linearly between their
+    2nd and 98th percentile in that image (invalid pixels left out); see `stretch_limits`.
+    Invalid (NaN) pixels are black.
 
     Args:
         images: `[B, C, H, W]`, NaN where invalid.

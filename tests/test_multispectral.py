@@ -329,6 +329,14 @@ def test_composite_stretch_and_default_bands():
     expected = np.clip((band - low) / (high - low), 0, 1)
     np.testing.assert_allclose(picture[1, ..., 1].numpy(), expected, atol=1e-4)
 
+    # 8-bit photos keep their colours: a dim grey-blue stays dim grey-blue, not stretched to
+    # full black and white per channel
+    photo = torch.tensor([60.0, 80.0, 120.0]).view(1, 3, 1, 1).repeat(1, 1, 4, 4)
+    photo[0, :, 0, 0] = torch.tensor([0.0, 10.0, 200.0])
+    drawn = composite(photo)
+    np.testing.assert_allclose(drawn[0, 1, 1].numpy(), [60 / 255, 80 / 255, 120 / 255], atol=1e-6)
+    np.testing.assert_allclose(drawn[0, 0, 0].numpy(), [0.0, 10 / 255, 200 / 255], atol=1e-6)
+
 
 def _tile_folder(root):
     """Two classes of 5-band uint16 tiles that differ in their spectrum; some partly no-data."""
