@@ -70,7 +70,9 @@ def test_resume_of_a_finished_run_changes_nothing(run_dir):
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_resume_continues_the_folder_given_even_when_copied(run_dir, tmp_path, capsys):
+def test_resume_continues_the_folder_given_even_when_copied(
+    run_dir, digits_folder, tmp_path, capsys
+):
     import shutil
 
     copy = tmp_path / "copy"
@@ -82,6 +84,12 @@ def test_resume_continues_the_folder_given_even_when_copied(run_dir, tmp_path, c
     assert (run_dir / "figures" / "recon.png").stat().st_mtime_ns == original
     assert main(["pretrain", "--out", str(copy), "--resume", "--epochs", "5"]) == 2
     assert "--epochs" in capsys.readouterr().err
+    # a run whose images have gone says where the path came from and how to fix it
+    config = (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(config.replace(str(digits_folder), str(tmp_path / "gone")))
+    assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path" in err and "gone" in err and "config.yaml" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

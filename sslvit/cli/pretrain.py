@@ -69,7 +69,15 @@ def build_config(args: argparse.Namespace):
                 run.append(f"run.{name}={json.dumps(value)}")
         if args.workers is not None:
             run.append(f"data.workers={args.workers}")
-        return apply_overrides(load_config(saved), run + list(args.set))
+        config = apply_overrides(load_config(saved), run + list(args.set))
+        data = str(config.data.path)
+        if not data.startswith("sample:") and not Path(data).exists():
+            raise FileNotFoundError(
+                f"{saved}: the run's data.path {data} no longer exists; a resumed run reads the "
+                "images it started on: put them back there, or, if only the folder moved, "
+                f"set data.path to its new place in {saved}"
+            )
+        return config
 
     config = load_config(_recipe_path(args.config)) if args.config else Config()
     named = {
