@@ -336,6 +336,9 @@ def test_composite_stretch_and_default_bands():
     drawn = composite(photo)
     np.testing.assert_allclose(drawn[0, 1, 1].numpy(), [60 / 255, 80 / 255, 120 / 255], atol=1e-6)
     np.testing.assert_allclose(drawn[0, 0, 0].numpy(), [0.0, 10 / 255, 200 / 255], atol=1e-6)
+    photo[0, 2, 0, 0] = 262.0  # a bicubic resize's overshoot at an edge: still 8-bit, clipped
+    np.testing.assert_allclose(composite(photo)[0, 1, 1].numpy(), drawn[0, 1, 1].numpy())
+    assert composite(photo)[0, 0, 0, 2] == 1.0
 
 
 def _tile_folder(root):
