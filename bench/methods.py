@@ -54,7 +54,9 @@ SMALL = [
 # 2: 35.78 / 51.14). The random-weight encoder depends on the seed: 31.19 / 44.01 (seed 0), 32.11 /
 # 46.24 (1), 31.60 / 46.98 (2); MaskFeat's kNN gain over its own seed's is +5.12, +1.48, +4.18.
 # SimSiam with the frozen patch projection (method.freeze_patch_embed=true), seed 1: 33.85 / 45.52,
-# embedding spread healthy (0.0209 of 0.0221), against 27.49 / 34.35 without it.
+# embedding spread healthy (0.0209 of 0.0221), against 27.49 / 34.35 without it; seed 0: 31.77 /
+# 33.19, spread 0.0077 (a third of healthy, just above the warning's quarter), against
+# 35.58 / 47.69 without it: no help that holds across seeds.
 # DINO (teacher momentum 0.99) did not leave ln(K) in its first 40-100 steps with these settings,
 # without drop path, with a fixed teacher temperature of 0.04, with base lr 5e-4 and 2 local crops,
 # with BatchNorm in the head (method.head_bn: teacher entropy 10.19 at step 10 instead of ~10.6,
