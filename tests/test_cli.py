@@ -190,6 +190,17 @@ def test_interrupt_message_of_finetune_and_segment_names_the_kept_checkpoints(tm
     )
 
 
+@pytest.mark.parametrize(
+    "argv", [["pretrain", "--method", "swav"], ["pretrain", "--no-such-flag"], ["nonsense"]]
+)
+def test_a_command_line_mistake_is_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "error:" in err and "--help" in err and "usage" not in err
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "segment", "embed"])
 def test_a_negative_worker_count_is_refused_when_the_command_line_is_read(command, capsys):
     with pytest.raises(SystemExit):

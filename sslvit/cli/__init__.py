@@ -40,8 +40,16 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     return "stopped"
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A command-line mistake is one line naming it and where help is, not the usage block
+    (every sub-command's parser is of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         prog="sslvit", description="Self-supervised pretraining of Vision Transformers."
     )
     sub = p.add_subparsers(dest="command", required=True)
