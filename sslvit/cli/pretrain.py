@@ -69,15 +69,7 @@ def build_config(args: argparse.Namespace):
                 run.append(f"run.{name}={json.dumps(value)}")
         if args.workers is not None:
             run.append(f"data.workers={args.workers}")
-        config = apply_overrides(load_config(saved), run + list(args.set))
-        data = str(config.data.path)
-        if not data.startswith("sample:") and not Path(data).exists():
-            raise FileNotFoundError(
-                f"{saved}: the run's data.path {data} no longer exists; a resumed run reads the "
-                "images it started on: put them back there, or, if only the folder moved, "
-                f"set data.path to its new place in {saved}"
-            )
-        return config
+        return apply_overrides(load_config(saved), run + list(args.set))
 
     config = load_config(_recipe_path(args.config)) if args.config else Config()
     named = {
@@ -112,7 +104,20 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from sslvit.train.loop import Trainer
     from sslvit.viz import recon_figure
 
-    trainer = Trainer(build_config(args), resume=args.resume)
+    config = build_config(args)
+    try:
+        trainer = Trainer(config, resume=args.resume)
+    except (ValueError, FileNotFoundError) as err:
+        data = config.data.path
+        if not (args.resume and data and str(data) in str(err)):
+            raise
+        # the loader names the missing images; say where that path came from and what to do
+        saved = Path(config.run.out) / "config.yaml"
+        raise type(err)(
+            f"{err} (the run's data.path, from {saved}: a resumed run reads the images it "
+            f"started on; put them back there, or, if only the folder moved, set data.path to "
+            f"its new place in {saved})"
+        ) from err
     run_dir = trainer.train()
     if trainer.dist.is_main and hasattr(trainer.method, "reconstruct"):
         try:
