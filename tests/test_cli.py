@@ -65,9 +65,12 @@ def test_export_loads_into_timm_strictly(run_dir, tmp_path):
 
 
 def test_resume_of_a_finished_run_changes_nothing(run_dir):
-    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    kept = ["checkpoints/last.pt", "config.yaml", "env.json", "metrics.jsonl"]
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    tb_files = sorted((run_dir / "tb").iterdir())
     assert main(["pretrain", "--out", str(run_dir), "--resume", "--set", "run.device=cpu"]) == 0
-    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before
+    assert sorted((run_dir / "tb").iterdir()) == tb_files  # no new TensorBoard file
 
 
 def test_resume_continues_the_folder_given_even_when_copied(

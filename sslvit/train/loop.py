@@ -375,6 +375,13 @@ class Trainer:
         """Run to the end (or to `run.stop_at_step`) and return the run folder."""
         cfg = self.config
         accum = cfg.optim.accum_steps
+        stop = cfg.run.stop_at_step or self.total_steps
+        if self.start_step >= stop:
+            # resuming a finished run: its config, env and logs stay as they were
+            log.info(
+                "%s is at step %d of %d: nothing to train", self.run_dir, self.start_step, stop
+            )
+            return self.run_dir
         self._write_run_files()
         logger = RunLogger(self.run_dir, self.total_steps, self.start_step, self.dist.is_main)
         logger.truncate_after(self.start_step)
@@ -393,7 +400,6 @@ class Trainer:
             self.precision,
             self.dist.world_size,
         )
-        stop = cfg.run.stop_at_step or self.total_steps
         step, epoch_losses, step_loss, step_logs = self.start_step, [], 0.0, {}
         self.model.train()
         for micro, (views, _, _) in enumerate(self._loader()):
