@@ -73,6 +73,19 @@ def test_run_folder_contents(digits_folder, tmp_path):
         Trainer(tiny_config(digits_folder, run))
 
 
+def test_resuming_at_stop_at_step_trains_nothing_and_says_how_to_go_on(
+    digits_folder, tmp_path, caplog
+):
+    out = tmp_path / "r"
+    pretrain(tiny_config(digits_folder, out, stop_at_step=2))
+    ckpt = out / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    with caplog.at_level("INFO", logger="sslvit"):
+        Trainer(tiny_config(digits_folder, out, stop_at_step=2), resume=True).train()
+    assert ckpt.read_bytes() == before
+    assert "nothing to train" in caplog.text and "run.stop_at_step=0" in caplog.text
+
+
 def test_crash_while_saving_keeps_the_good_checkpoint(digits_folder, tmp_path, monkeypatch):
     out = tmp_path / "r"
     pretrain(tiny_config(digits_folder, out, stop_at_step=2))

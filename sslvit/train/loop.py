@@ -378,9 +378,13 @@ class Trainer:
         stop = cfg.run.stop_at_step or self.total_steps
         if self.start_step >= stop:
             # resuming a finished run: its config, env and logs stay as they were
-            log.info(
-                "%s is at step %d of %d: nothing to train", self.run_dir, self.start_step, stop
-            )
+            more = ""
+            if stop < self.total_steps:
+                more = (
+                    f" (run.stop_at_step={stop}; --set run.stop_at_step=0 goes on to step "
+                    f"{self.total_steps})"
+                )
+            log.info("%s is at step %d: nothing to train%s", self.run_dir, self.start_step, more)
             return self.run_dir
         self._write_run_files()
         logger = RunLogger(self.run_dir, self.total_steps, self.start_step, self.dist.is_main)
