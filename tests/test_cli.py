@@ -6,6 +6,7 @@ import logging
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sslvit.cli import main
@@ -93,6 +94,22 @@ def test_resume_continues_the_folder_given_even_when_copied(
     assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "data.path" in err and "gone" in err and "config.yaml" in err and "Traceback" not in err
+    assert "--set data.path=" in err
+    # ... and the fix it names works
+    moved = ["--set", f"data.path={digits_folder}"]
+    assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu", *moved]) == 0
+
+
+def test_a_relative_data_path_is_saved_absolute(digits_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(digits_folder.parent)
+    out = tmp_path / "rel"
+    args = ["pretrain", "--data", digits_folder.name, "--out", str(out), "--device", "cpu"]
+    small = ["--img-size", "16", "--patch-size", "4", "--epochs", "0.5", "--batch-size", "8"]
+    assert main([*args, *small, "--set", "run.stop_at_step=1", "--workers", "0"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]["path"]
+    assert saved == str(digits_folder)
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere, it still finds the images
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=2"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,10 @@ def test_resuming_at_stop_at_step_trains_nothing_and_says_how_to_go_on(
     digits_folder, tmp_path, caplog
 ):
     out = tmp_path / "r"
-    pretrain(tiny_config(digits_folder, out, stop_at_step=2))
+    with caplog.at_level("INFO", logger="sslvit"):
+        pretrain(tiny_config(digits_folder, out, stop_at_step=2))
+    assert "stopped at step 2 of 12" in caplog.text and "done:" not in caplog.text
+    caplog.clear()
     ckpt = out / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
     with caplog.at_level("INFO", logger="sslvit"):

@@ -36,11 +36,15 @@ def build_config(args: argparse.Namespace):
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"{saved}: nothing to resume (no config.yaml in --out)")
-        # a resumed run keeps its own config; only how it executes may change
-        allowed = ("run.", "data.workers=")
+        # a resumed run keeps its own config; only how it executes may change, and where its
+        # images now are (the same images, moved)
+        allowed = ("run.", "data.workers=", "data.path=")
         for item in args.set:
             if not item.startswith(allowed) or item.startswith("run.out="):
-                raise ValueError(f"--set {item}: only run.* and data.workers can change on resume")
+                raise ValueError(
+                    f"--set {item}: only run.*, data.workers and data.path (the same images, "
+                    "moved) can change on resume"
+                )
         fixed = {
             "--config": args.config,
             "--data": args.data,
@@ -60,7 +64,7 @@ def build_config(args: argparse.Namespace):
         if given:
             raise ValueError(
                 f"{', '.join(given)}: a resumed run keeps the settings in {saved}; only "
-                "--device, --precision, --workers and --set run.* can change"
+                "--device, --precision, --workers, --set run.* and --set data.path can change"
             )
         # the folder given is the run, wherever it was first written (a moved or copied run)
         run = [f"run.out={json.dumps(str(out))}"]
@@ -69,7 +73,7 @@ def build_config(args: argparse.Namespace):
                 run.append(f"run.{name}={json.dumps(value)}")
         if args.workers is not None:
             run.append(f"data.workers={args.workers}")
-        return apply_overrides(load_config(saved), run + list(args.set))
+        return _absolute_data(apply_overrides(load_config(saved), run + list(args.set)))
 
     config = load_config(_recipe_path(args.config)) if args.config else Config()
     named = {
@@ -96,7 +100,17 @@ def build_config(args: argparse.Namespace):
         named["data.img_size"] = args.img_size or 28
         named["model.patch_size"] = args.patch_size or 4
     items = [f"{k}={json.dumps(v)}" for k, v in named.items() if v is not None]
-    return apply_overrides(config, items + list(args.set))
+    return _absolute_data(apply_overrides(config, items + list(args.set)))
+
+
+def _absolute_data(config):
+    """The config with a relative data.path made absolute: the run's config.yaml then still
+    finds the images when the run is resumed or shown from another directory."""
+    from sslvit.data.folders import absolute_spec
+
+    if config.data.path:
+        config.data.path = absolute_spec(config.data.path)
+    return config
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -115,8 +129,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         saved = Path(config.run.out) / "config.yaml"
         raise type(err)(
             f"{err} (the run's data.path, from {saved}: a resumed run reads the images it "
-            f"started on; put them back there, or, if only the folder moved, set data.path to "
-            f"its new place in {saved})"
+            f"started on; put them back there, or, if only the folder moved, add "
+            f"--set data.path=NEW_PLACE)"
         ) from err
     run_dir = trainer.train()
     if trainer.dist.is_main and hasattr(trainer.method, "reconstruct"):

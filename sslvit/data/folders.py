@@ -195,6 +195,22 @@ def report_skipped(
     return skipped
 
 
+def absolute_spec(spec: str) -> str:
+    """`spec` (as `open_images` takes it) with a relative file or folder made absolute, so a run
+    that saves it can be resumed or shown from any working directory. The built-in sample and
+    paths that do not exist (the loader reports those) are returned unchanged; a suffix such as
+    `f.npz:val` or `scene.mat:V` is kept."""
+    text = str(spec)
+    if text == "sample" or text.startswith("sample:"):
+        return text
+    if Path(text).exists():
+        return os.path.abspath(text)
+    head, colon, tail = text.rpartition(":")
+    if colon and head and Path(head).exists():
+        return f"{os.path.abspath(head)}:{tail}"
+    return text
+
+
 def open_images(
     spec: str | Path,
     labeled: bool | None = None,

@@ -463,7 +463,18 @@ class Trainer:
                 break
         logger.close()
         elapsed = time.perf_counter() - logger.run_start
-        log.info("done: %s (%s)", self.run_dir, format_duration(elapsed))
+        if stop < self.total_steps:
+            log.info(
+                "stopped at step %d of %d (run.stop_at_step): %s (%s); finish it with --out %s "
+                "--resume --set run.stop_at_step=0",
+                stop,
+                self.total_steps,
+                self.run_dir,
+                format_duration(elapsed),
+                self.run_dir,
+            )
+        else:
+            log.info("done: %s (%s)", self.run_dir, format_duration(elapsed))
         return self.run_dir
 
     def _lr(self, step: int) -> float:
