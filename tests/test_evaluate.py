@@ -210,6 +210,9 @@ def test_evaluate_encoder_rejects_bad_sets(mnist, tiny_encoder):
         evaluate_encoder("knn", encoder, info, rgb, mnist[1])
     with pytest.raises(ValueError, match="unknown evaluation 'svm'"):
         evaluate_encoder("svm", encoder, info, mnist[0], mnist[1])
+    one_class = ArrayImages(np.zeros((4, 28, 28), np.uint8), labels=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"one class.*: classification needs at least 2"):
+        evaluate_encoder("knn", encoder, info, one_class, one_class)
 
 
 # reports

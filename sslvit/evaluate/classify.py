@@ -73,8 +73,16 @@ def _n_classes(train_images, test_images) -> int:
                 f"training and test sets name different classes: {list(train_classes)} "
                 f"vs {list(test_classes)}"
             )
-        return len(train_classes)
-    return 1 + max(max(train_images.labels), max(test_images.labels))
+        n = len(train_classes)
+    else:
+        n = 1 + max(max(train_images.labels), max(test_images.labels))
+    if n < 2:
+        named = f" ({train_classes[0]})" if train_classes else ""
+        raise ValueError(
+            f"the images hold one class{named}: classification needs at least 2 (one "
+            "sub-folder per class, or a labels CSV)"
+        )
+    return n
 
 
 def _run(kind, train_images, test_images, labels_spec, seed, pool, featurize, options) -> dict:
