@@ -95,6 +95,8 @@ def test_resume_continues_the_folder_given_even_when_copied(
     err = capsys.readouterr().err
     assert "data.path" in err and "gone" in err and "config.yaml" in err and "Traceback" not in err
     assert "--set data.path=" in err
+    assert main(["pretrain", "--out", str(copy), "--resume", "--set", "optim.base_rl=1"]) == 2
+    assert "unknown field(s) base_rl" in capsys.readouterr().err
     # ... and the fix it names works
     moved = ["--set", f"data.path={digits_folder}"]
     assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu", *moved]) == 0
