@@ -74,7 +74,7 @@ def build_config(args: argparse.Namespace):
                 run.append(f"run.{name}={json.dumps(value)}")
         if args.workers is not None:
             run.append(f"data.workers={args.workers}")
-        return _absolute_data(apply_overrides(load_config(saved), run + list(args.set)))
+        return apply_overrides(load_config(saved), run + list(args.set))
 
     config = load_config(_recipe_path(args.config)) if args.config else Config()
     named = {
@@ -101,17 +101,7 @@ def build_config(args: argparse.Namespace):
         named["data.img_size"] = args.img_size or 28
         named["model.patch_size"] = args.patch_size or 4
     items = [f"{k}={json.dumps(v)}" for k, v in named.items() if v is not None]
-    return _absolute_data(apply_overrides(config, items + list(args.set)))
-
-
-def _absolute_data(config):
-    """The config with a relative data.path made absolute: the run's config.yaml then still
-    finds the images when the run is resumed or shown from another directory."""
-    from sslvit.data.folders import absolute_spec
-
-    if config.data.path:
-        config.data.path = absolute_spec(config.data.path)
-    return config
+    return apply_overrides(config, items + list(args.set))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
 from sslvit.data.bands import band_names_of, fill_images, select_bands
 from sslvit.data.cubes import CubeTiles
+from sslvit.data.folders import absolute_spec
 from sslvit.methods import build_method
 from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -162,6 +163,9 @@ class Trainer:
 
     def _open_data(self):
         data = self.config.data
+        if data.path:
+            # saved absolute: the run resumes and shows from any working directory
+            data.path = absolute_spec(data.path)
         images = open_images(
             data.path or "sample:train",
             labeled=False,
@@ -378,12 +382,11 @@ class Trainer:
         stop = cfg.run.stop_at_step or self.total_steps
         if self.start_step >= stop:
             # resuming a finished run: its config, env and logs stay as they were
-            more = ""
-            if stop < self.total_steps:
-                more = (
-                    f" (run.stop_at_step={stop}; --set run.stop_at_step=0 goes on to step "
-                    f"{self.total_steps})"
-                )
+            more = (
+                f" (run.stop_at_step={stop}); {self._finish_hint()}"
+                if stop < self.total_steps
+                else ""
+            )
             log.info("%s is at step %d: nothing to train%s", self.run_dir, self.start_step, more)
             return self.run_dir
         self._write_run_files()
@@ -465,17 +468,23 @@ class Trainer:
         elapsed = time.perf_counter() - logger.run_start
         if stop < self.total_steps:
             log.info(
-                "stopped at step %d of %d (run.stop_at_step): %s (%s); finish it with --out %s "
-                "--resume --set run.stop_at_step=0",
+                "stopped at step %d of %d (run.stop_at_step): %s (%s); %s",
                 stop,
                 self.total_steps,
                 self.run_dir,
                 format_duration(elapsed),
-                self.run_dir,
+                self._finish_hint(),
             )
         else:
             log.info("done: %s (%s)", self.run_dir, format_duration(elapsed))
         return self.run_dir
+
+    def _finish_hint(self) -> str:
+        """How to go on with a run halted by `run.stop_at_step`."""
+        return (
+            f"finish it (to step {self.total_steps}) with --out {self.run_dir} --resume "
+            "--set run.stop_at_step=0"
+        )
 
     def _lr(self, step: int) -> float:
         optim = self.config.optim
