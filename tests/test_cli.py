@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import signal
 
 import pytest
 import timm
@@ -189,6 +191,33 @@ def test_show_skips_unreadable_files(run_dir, digits_folder, tmp_path, caplog):
     assert main([*args, "--n", "3"]) == 0
     assert out.stat().st_size > 1000
     assert any("000.png" in r.message for r in caplog.records)
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(
+    digits_folder, tmp_path, monkeypatch, capsys
+):
+    import sslvit.train.loop as loop
+
+    real_save, saves = loop.save_checkpoint, []
+
+    def save_then_sigterm(state, path):
+        real_save(state, path)
+        saves.append(state["step"])
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a job scheduler would
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_sigterm)
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
+    args = ["pretrain", "--data", str(digits_folder), "--out", str(out), *TINY]
+    assert main([*args, "--set", "run.checkpoint_every=1"]) == 143
+    err = capsys.readouterr().err
+    hint = f"the last checkpoint is kept; continue with --out {out} --resume"
+    assert f"sslvit: terminated (SIGTERM); {hint}" in err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == saves[-1] == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler does not outlive the command
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main(["pretrain", "--out", str(out), "--resume"]) == 0
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 6  # 120 / 20
 
 
 def test_interrupt_message_of_finetune_and_segment_names_the_kept_checkpoints(tmp_path):

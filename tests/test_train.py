@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
+from sslvit.train.checkpoint import Terminated, load_checkpoint, save_checkpoint
 from sslvit.train.config import Config
 from sslvit.train.loop import NonFiniteLossError, Trainer, pretrain
 
@@ -153,18 +153,22 @@ def test_loss_falls_on_real_digits(tmp_path):
     assert last < 0.7 * first, (first, last)
 
 
-def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_checkpoint_write_finishes_the_file_then_interrupts(
+    tmp_path, monkeypatch, signum
+):
     # torch's zip writer would turn an interrupt inside it into an unrelated RuntimeError
     real_save = torch.save
 
-    def save_hit_by_ctrl_c(obj, f):
-        os.kill(os.getpid(), signal.SIGINT)  # delivered now, in the middle of the write
+    def save_hit_by_a_signal(obj, f):
+        os.kill(os.getpid(), signum)  # delivered now, in the middle of the write
         real_save(obj, f)
 
-    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    monkeypatch.setattr(torch, "save", save_hit_by_a_signal)
     state = {"w": torch.randn(100, 100)}
     path = tmp_path / "last.pt"
-    with pytest.raises(KeyboardInterrupt):
+    expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    with pytest.raises(expected):
         save_checkpoint(state, path)
     assert torch.equal(load_checkpoint(path)["w"], state["w"])
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -7,6 +7,7 @@ One module per topic holds its commands (`cmd_*`) and the parsers that call them
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_TaggedFormatter())
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler])
+    from sslvit.train.checkpoint import Terminated, raise_terminated
     from sslvit.train.loop import NonFiniteLossError
 
+    # `kill` or a job scheduler stops a run the way Ctrl-C does: checkpoints finish writing,
+    # and the message says how to go on
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
@@ -94,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"sslvit: stopped: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"sslvit: interrupted; {_after_interrupt(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"sslvit: {what}; {_after_interrupt(args)}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -33,9 +33,20 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised like Ctrl-C so the same clean-up and
+    resume hint follow it."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: stop the program the way Ctrl-C does."""
+    raise Terminated
+
+
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """Hold SIGINT for the duration of the block and raise KeyboardInterrupt after it.
+    """Hold SIGINT and SIGTERM for the duration of the block and raise them after it
+    (`KeyboardInterrupt`, `Terminated`).
 
     torch's zip writer turns an interrupt raised inside it into an unrelated RuntimeError, so
     the interrupt waits for the (short) write to finish instead.
@@ -44,11 +55,15 @@ def _interrupts_deferred():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signal.SIGTERM in received:
+        raise Terminated
     if received:
         raise KeyboardInterrupt
 
