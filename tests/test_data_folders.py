@@ -119,17 +119,30 @@ def test_folder_skips_odd_channel_counts(tmp_path):
     assert images.skipped == [("bands.tif", "has 13 channels, most images have 3")]
 
 
-def test_folder_grey_set_reads_rgb_as_luma_and_npy_tiles(tmp_path):
+def test_folder_grey_set_reads_rgb_as_luma_and_npy_tiles(tmp_path, caplog):
     for k in range(2):
         Image.fromarray(np.full((6, 7), 50, np.uint8)).save(tmp_path / f"g{k}.png")
     np.save(tmp_path / "tile.npy", np.full((6, 7), 1000.0))
     Image.fromarray(np.full((6, 7, 3), (100, 200, 50), np.uint8)).save(tmp_path / "rgb.png")
-    images = FolderImages(tmp_path)
+    with caplog.at_level(logging.INFO, logger="sslvit.data.folders"):
+        images = FolderImages(tmp_path)
     assert images.in_chans == 1 and images.names == ["g0.png", "g1.png", "rgb.png", "tile.npy"]
+    said = "1 of 4 images have 3 channels; the set is read with 1, so they become their luma"
+    assert f"{tmp_path}: {said}" in caplog.text
     luma = 0.299 * 100 + 0.587 * 200 + 0.114 * 50
     assert images.read(2).shape == (1, 6, 7)
     assert torch.allclose(images.read(2), torch.full((1, 6, 7), luma))
     assert images.read(3).max() == 1000
+
+
+def test_a_tie_between_grey_and_rgb_keeps_the_colour_and_says_so(tmp_path, caplog):
+    Image.fromarray(np.full((6, 7), 50, np.uint8)).save(tmp_path / "a_grey.png")
+    _save_rgb(tmp_path / "b_rgb.png")
+    with caplog.at_level(logging.INFO, logger="sslvit.data.folders"):
+        images = FolderImages(tmp_path)
+    assert images.in_chans == 3 and images.read(0).shape == (3, 6, 7)
+    said = "1 of 2 images have 1 channel; the set is read with 3, so they become three equal"
+    assert said in caplog.text
 
 
 def test_folder_labels_from_csv(tmp_path):

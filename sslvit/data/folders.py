@@ -37,9 +37,10 @@ class FolderImages:
     case-insensitively (see `sslvit.data.readers.READABLE_EXTENSIONS`). `names` are paths
     relative to `root`, with "/" separators.
 
-    `in_chans` is the most common channel count. Grey images in an RGB set are read as three
-    equal channels and RGB images in a grey set as their luma, so a few odd files in a photo
-    collection do not stop a run; any other channel mismatch makes the file unreadable.
+    `in_chans` is the most common channel count (the larger on a tie). Grey images in an RGB
+    set are read as three equal channels and RGB images in a grey set as their luma, so a few
+    odd files in a photo collection do not stop a run (one log line counts them); any other
+    channel mismatch makes the file unreadable.
 
     Args:
         root: The folder to scan (recursively).
@@ -143,7 +144,23 @@ class FolderImages:
         results = _probe_all([self.root / name for name in names])
 
         counts = Counter(n_chans for n_chans, _ in results if n_chans is not None)
-        in_chans = counts.most_common(1)[0][0] if counts else 0
+        # the most common count; on a tie the larger, so no image loses its colour
+        in_chans = max(counts, key=lambda n: (counts[n], n)) if counts else 0
+        converted = {
+            n: k for n, k in counts.items() if n != in_chans and _channels_compatible(n, in_chans)
+        }
+        for n_chans, n_files in sorted(converted.items()):
+            how = "three equal channels" if n_chans == 1 else "their luma"
+            logger.info(
+                "%s: %d of %d images have %d channel%s; the set is read with %d, so they become %s",
+                self.root,
+                n_files,
+                len(names),
+                n_chans,
+                "" if n_chans == 1 else "s",
+                in_chans,
+                how,
+            )
         problems = {}
         for name, (n_chans, reason) in zip(names, results, strict=True):
             if reason is not None:
