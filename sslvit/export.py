@@ -47,7 +47,9 @@ def check_timm_loadable(state: dict[str, torch.Tensor], info: EncoderInfo) -> No
         raise ValueError(f"weights do not load into timm's {info.timm_name}: {first}") from err
 
 
-def export_encoder(encoder_path: str | Path, out: str | Path, format: str = "timm") -> Path:
+def export_encoder(
+    encoder_path: str | Path, out: str | Path, format: str = "timm", overwrite: bool = False
+) -> Path:
     """Write an encoder as `out` (.safetensors, timm key names, float32) plus `out`'s `.json`.
 
     Args:
@@ -55,6 +57,8 @@ def export_encoder(encoder_path: str | Path, out: str | Path, format: str = "tim
         out: The weights file to write; must end in `.safetensors`. Its sidecar is written
             beside it with the suffix `.json`. Both are written atomically.
         format: The target library; only "timm".
+        overwrite: Replace an existing `out` (without it, an existing file is an error: it may
+            be another run's encoder).
 
     Returns:
         The path of the weights file.
@@ -64,6 +68,8 @@ def export_encoder(encoder_path: str | Path, out: str | Path, format: str = "tim
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the export file name must end in .safetensors")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(encoder_path)
     state = {k: v.to(torch.float32).contiguous() for k, v in encoder.state_dict().items()}
     check_timm_loadable(state, info)

@@ -127,6 +127,7 @@ def test_a_relative_data_path_is_saved_absolute(digits_folder, tmp_path, monkeyp
         (["eval", "knn", "--encoder", "/no/such/run"], "/no/such/run"),
         (["pretrain", "--epochs", "0"], "optim.epochs"),
         (["pretrain", "--batch-size", "0"], "optim.batch_size"),
+        (["pretrain", "--set", "run.stop_at_step=-5"], "run.stop_at_step = -5: must be at least 0"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
@@ -191,6 +192,48 @@ def test_show_skips_unreadable_files(run_dir, digits_folder, tmp_path, caplog):
     assert main([*args, "--n", "3"]) == 0
     assert out.stat().st_size > 1000
     assert any("000.png" in r.message for r in caplog.records)
+
+
+def test_an_out_folder_that_is_not_a_new_run_is_refused(digits_folder, tmp_path, capsys):
+    args = ["pretrain", "--data", str(digits_folder), *TINY]
+    inside = digits_folder / "0" / "run"
+    assert main([*args, "--out", str(inside)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {inside} lies inside the training images {digits_folder}" in err
+    assert not inside.exists()  # nothing written among the images
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("mine")
+    assert main([*args, "--out", str(notes)]) == 2
+    assert f"{notes} holds files that are not a run's (readme.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in notes.iterdir()) == ["readme.txt"]
+
+
+def test_resume_on_other_images_is_refused(digits_folder, tmp_path, capsys):
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(digits_folder, data)
+    args = ["pretrain", "--data", str(data), "--out", str(out), *TINY]
+    assert main([*args, "--set", "run.stop_at_step=2"]) == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    for path in sorted(data.rglob("*.png"))[:10]:
+        path.write_bytes(b"not a png")
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=0"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run {out} started on 120 images, 110 are readable now" in err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_export_does_not_overwrite_without_being_asked(run_dir, tmp_path, capsys):
+    target = tmp_path / "enc.safetensors"
+    target.write_bytes(b"another encoder")
+    args = ["export", "--encoder", str(run_dir), "--out", str(target)]
+    assert main(args) == 2
+    assert f"{target} exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert target.read_bytes() == b"another encoder"
+    assert main([*args, "--overwrite"]) == 0
+    assert load_file(target)
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(

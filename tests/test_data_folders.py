@@ -56,10 +56,11 @@ def test_folder_scan_labels_and_skips(mixed_tree, caplog):
     assert [name for name, _ in images.skipped] == ["dog/cut.png", "dog/empty.png"]
     assert "empty file" in dict(images.skipped)["dog/empty.png"]
 
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    message = warnings[0].getMessage()
-    assert "skipped 2 unreadable of 6" in message and "dog/cut.png" in message
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    # the 16-bit TIFF among 8-bit files is named: one mean and std cannot normalise both
+    assert "files of different bit depths (3 uint8, 1 uint16)" in warnings[0]
+    assert "skipped 2 unreadable of 6" in warnings[1] and "dog/cut.png" in warnings[1]
     # A grey 16-bit TIFF in an RGB set is read as three equal channels.
     assert images.read(3).shape == (3, 6, 7) and images.read(0)[0, 0, 0] == 1
 
@@ -143,6 +144,21 @@ def test_a_tie_between_grey_and_rgb_keeps_the_colour_and_says_so(tmp_path, caplo
     assert images.in_chans == 3 and images.read(0).shape == (3, 6, 7)
     said = "1 of 2 images have 1 channel; the set is read with 3, so they become three equal"
     assert said in caplog.text
+
+
+def test_mixed_bit_depths_are_named_in_a_warning(tmp_path, caplog):
+    for k in range(3):
+        Image.fromarray(np.full((6, 7), 50, np.uint8)).save(tmp_path / f"g{k}.png")
+    tifffile.imwrite(tmp_path / "deep.tif", np.full((6, 7), 30000, np.uint16))
+    with caplog.at_level(logging.WARNING, logger="sslvit.data.folders"):
+        images = FolderImages(tmp_path)
+    assert len(images) == 4
+    assert "files of different bit depths (3 uint8, 1 uint16)" in caplog.text
+    caplog.clear()
+    (tmp_path / "deep.tif").unlink()
+    with caplog.at_level(logging.WARNING, logger="sslvit.data.folders"):
+        FolderImages(tmp_path)
+    assert "bit depths" not in caplog.text
 
 
 def test_folder_labels_from_csv(tmp_path):

@@ -174,6 +174,17 @@ def test_a_stop_during_a_checkpoint_write_finishes_the_file_then_interrupts(
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.parametrize("content", [b"", b"\x80\x02garbage" * 50, b"PK\x03\x04truncated"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, content):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot read checkpoint; it is damaged, truncated or not")
+    assert len(message.splitlines()) == 1 and len(message) < 400, message
+
+
 @pytest.mark.parametrize("name", ["tpu", "gpu", "meta"])
 def test_an_unknown_device_is_a_clear_error(name):
     from sslvit.train.distributed import resolve_device

@@ -28,7 +28,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from sslvit.export import export_encoder
 
-    print(export_encoder(args.encoder, args.out, format=args.format))
+    print(export_encoder(args.encoder, args.out, format=args.format, overwrite=args.overwrite))
 
 
 def add_show(sub) -> None:
@@ -63,4 +63,5 @@ def add_export(sub) -> None:
     p.add_argument("--encoder", required=True, help="run folder or .safetensors")
     p.add_argument("--out", required=True, help=".safetensors file to write (+ .json sidecar)")
     p.add_argument("--format", default="timm", choices=["timm"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_export)

@@ -163,11 +163,12 @@ class FolderImages:
             )
         problems = {}
         for name, (n_chans, reason) in zip(names, results, strict=True):
-            if reason is not None:
+            if n_chans is None:
                 problems[name] = reason
             elif not _channels_compatible(n_chans, in_chans):
                 problems[name] = f"has {n_chans} channels, most images have {in_chans}"
 
+        _warn_mixed_bit_depths(self.root, [d for n, d in results if n is not None])
         if problems:
             self.skipped = report_skipped(self.root, self.root, problems, len(names), strict)
         keep = [k for k, name in enumerate(names) if name not in problems]
@@ -176,6 +177,22 @@ class FolderImages:
             raise ValueError(f"{self.root}: none of the {len(names)} image files is readable")
         kept_classes = None if class_names is None else [class_names[k] for k in keep]
         return [names[k] for k in keep], kept_classes, in_chans
+
+
+def _warn_mixed_bit_depths(root: Path, dtypes: list[str]) -> None:
+    """Warn when integer files of different bit depths share a folder (8-bit PNGs beside 16-bit
+    TIFFs): values are read in each file's own units, so one mean and std per channel cannot
+    normalise both, and the images of the smaller range become nearly constant."""
+    depths = Counter(d for d in dtypes if d.startswith(("uint", "int")))
+    if len(depths) < 2:
+        return
+    counts = ", ".join(f"{n} {d}" for d, n in sorted(depths.items(), key=lambda x: -x[1]))
+    logger.warning(
+        "%s: files of different bit depths (%s) are read in their own units, so one set of "
+        "channel statistics cannot fit them all; convert them to one bit depth",
+        root,
+        counts,
+    )
 
 
 def report_skipped(
@@ -293,7 +310,8 @@ def open_images(
 
 
 def _probe_all(paths: list[Path]) -> list[tuple[int | None, str | None]]:
-    """`(channels, None)` or `(None, reason)` for each file, decoding in parallel when many."""
+    """`(channels, dtype name)` or `(None, reason)` for each file, decoding in parallel when
+    many."""
     cores = (
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     )
@@ -306,9 +324,10 @@ def _probe_all(paths: list[Path]) -> list[tuple[int | None, str | None]]:
         return list(pool.map(_probe, paths, chunksize=chunksize))
 
 
-def _probe(path: Path) -> tuple[int | None, str | None]:
+def _probe(path: Path) -> tuple[int | None, str]:
     try:
-        return read_array(path).shape[0], None
+        array = read_array(path)
+        return array.shape[0], array.dtype.name
     except UnreadableImageError as err:
         return None, str(err).removeprefix(f"{path}: ")
 

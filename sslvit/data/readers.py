@@ -129,7 +129,7 @@ def read_array(path: str | Path) -> np.ndarray:
     # Decoders raise many unrelated types on corrupt input (OSError, SyntaxError, struct.error,
     # zlib.error, DecompressionBombError, ...); all of them mean the same thing here.
     except Exception as err:
-        raise UnreadableImageError(f"{path}: cannot decode ({_describe(err)})") from None
+        raise UnreadableImageError(f"{path}: cannot decode ({describe_error(err)})") from None
 
     if array.dtype.kind not in "biuf":
         raise UnreadableImageError(f"{path}: unsupported pixel type {array.dtype}")
@@ -162,9 +162,13 @@ def optional_module(name: str, extra: str, path: str | Path):
         ) from None
 
 
-def _describe(err: Exception) -> str:
+def describe_error(err: Exception, limit: int = 160) -> str:
+    """`Type: first line of the message`, cut to `limit` characters: one line for a user."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    line = text[0] if text else ""
+    if len(line) > limit:
+        line = line[: limit - 3].rstrip() + "..."
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def _read_pil(path: Path) -> np.ndarray:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslvit.data.readers import describe_error
+
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write `state` to `path` so that a crash at any moment leaves the old file intact.
@@ -74,7 +76,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"{path}: cannot read checkpoint; it is damaged, truncated or not an sslvit "
+            f"checkpoint ({describe_error(err)})"
+        ) from err
 
 
 def rng_state() -> dict:

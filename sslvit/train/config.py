@@ -121,6 +121,13 @@ class RunConfig:
     checkpoint_every: int = 0
     stop_at_step: int = 0
 
+    def check(self) -> None:
+        """Fail before any work on a count outside its range, naming the field."""
+        for name, least in (("log_every", 1), ("checkpoint_every", 0), ("stop_at_step", 0)):
+            if getattr(self, name) < least:
+                rule = f"at least {least}" + (" (0 = off)" if least == 0 else "")
+                raise ValueError(f"run.{name} = {getattr(self, name)}: must be {rule}")
+
 
 @dataclass
 class Config:

@@ -101,6 +101,21 @@ def _git_hash() -> str:
         return "unknown"
 
 
+# what a run folder holds (the training's files, and what eval, show and export add)
+RUN_ENTRIES = {
+    "config.yaml",
+    "env.json",
+    "metrics.jsonl",
+    "tb",
+    "checkpoints",
+    "encoder.safetensors",
+    "encoder.json",
+    "figures",
+    "eval",
+    "export",
+}
+
+
 class Trainer:
     """Runs one pretraining job from its config.
 
@@ -112,6 +127,7 @@ class Trainer:
 
     def __init__(self, config: Config, resume: bool = False):
         config.optim.check()
+        config.run.check()
         self.config = config
         self.device = resolve_device(config.run.device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -136,6 +152,7 @@ class Trainer:
         self._plan_steps()
         self.start_step = 0
         if saved is not None:
+            self._check_same_images()
             self._restore(saved)
         self.model = self.method
         if self.dist.world_size > 1:
@@ -159,7 +176,46 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it "
                 "or choose another --out"
             )
+        data = Path(self.config.data.path or "")
+        if (
+            self.config.data.path
+            and data.is_dir()
+            and self.run_dir.resolve().is_relative_to(data.resolve())
+        ):
+            raise ValueError(
+                f"--out {self.run_dir} lies inside the training images {data}: the run's "
+                "pictures and checkpoints would become training images; choose an --out "
+                "outside it"
+            )
+        if self.run_dir.is_dir():
+            # a run stopped before its first checkpoint starts again here; anything else is
+            # someone's files
+            foreign = sorted(
+                p.name
+                for p in self.run_dir.iterdir()
+                if p.name not in RUN_ENTRIES and not p.name.startswith(".")
+            )
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+                raise FileExistsError(
+                    f"{self.run_dir} holds files that are not a run's ({shown}); choose a new "
+                    "or empty --out"
+                )
         return None
+
+    def _check_same_images(self) -> None:
+        """A resumed run must see the images it started with: its schedule, and the order of
+        its batches, are counted in them."""
+        env = self.run_dir / "env.json"
+        if not env.is_file():
+            return
+        started = json.loads(env.read_text()).get("n_images")
+        if started is not None and started != len(self.images):
+            raise ValueError(
+                f"{self.config.data.path}: the run {self.run_dir} started on {started} images, "
+                f"{len(self.images)} are readable now; resume it on the same images, or start "
+                "a new --out"
+            )
 
     def _open_data(self):
         data = self.config.data
