@@ -172,7 +172,7 @@ class SliceImages:
                 problems[members[0][0]] = str(err).removeprefix(f"{paths[0]}: ")
         probed = _probe_all([self.root / name for name, _ in plain])
         for (name, k), (n_chans, reason) in zip(plain, probed, strict=True):
-            if reason is None:
+            if n_chans is not None:
                 found.append((name, (self.root / name, None), n_chans, k))
             else:
                 problems[name] = reason
