@@ -59,7 +59,9 @@ SMALL = [
 # now its short-run setting): 36.14 / 51.95, 36.96 / 50.82, 37.48 / 52.03, gains +4.79, +4.85,
 # +5.88 (mean +5.2); batches of 64 at base lr 2e-3, seed 1: 33.72 / 48.85.
 # SimSiam, batches of 64 at base lr 2e-3, seed 1: 33.40 / 47.28 (+2.44 over its class token;
-# spread healthy, 0.0216).
+# spread healthy, 0.0216). SimSiam on the mean patch token (method.pool=mean; the paper's ResNet
+# pools globally), seed 0: 35.26 / 46.63 (+3.91 over seed 0's mean token), seed 1: 34.26 /
+# 47.85 (+2.15); spread healthy (0.0207, 0.0215 of 0.0221).
 # SimSiam with the frozen patch projection (method.freeze_patch_embed=true), seed 1: 33.85 / 45.52,
 # embedding spread healthy (0.0209 of 0.0221), against 27.49 / 34.35 without it; seed 0: 31.77 /
 # 33.19, spread 0.0077 (a third of healthy, just above the warning's quarter), against
