@@ -165,7 +165,11 @@ def test_empty_folder_and_bad_files(tmp_path, capsys, caplog, digits_folder):
     assert main([*args, "--out", str(tmp_path / "b"), "--strict"]) == 2
     assert main([*args, "--out", str(tmp_path / "c")]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("skipped 2 unreadable" in w for w in warnings), warnings
+    assert any("skipped 2 of 42 files" in w for w in warnings), warnings
+    # the run keeps the whole list, with reasons
+    listed = (tmp_path / "c" / "skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["cut.png", "empty.png"]
+    assert "empty file" in listed[1]
 
 
 def test_grey_images_evaluate_on_an_rgb_encoder(digits_folder, tmp_path, capsys):

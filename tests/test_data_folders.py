@@ -60,7 +60,7 @@ def test_folder_scan_labels_and_skips(mixed_tree, caplog):
     assert len(warnings) == 2
     # the 16-bit TIFF among 8-bit files is named: one mean and std cannot normalise both
     assert "files of different bit depths (3 uint8, 1 uint16)" in warnings[0]
-    assert "skipped 2 unreadable of 6" in warnings[1] and "dog/cut.png" in warnings[1]
+    assert "skipped 2 of 6 files" in warnings[1] and "dog/cut.png" in warnings[1]
     # A grey 16-bit TIFF in an RGB set is read as three equal channels.
     assert images.read(3).shape == (3, 6, 7) and images.read(0)[0, 0, 0] == 1
 

@@ -124,7 +124,7 @@ def test_all_no_data_tile_is_skipped_and_counted(tmp_path, caplog):
     assert images.skipped == [
         ("empty.tif", "no valid pixel, every value is the no-data value 0 or NaN")
     ]
-    assert "skipped 1 unreadable of 4 files" in caplog.text
+    assert "skipped 1 of 4 files" in caplog.text
 
 
 def test_bands_by_index_and_by_name(tmp_path):

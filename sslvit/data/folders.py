@@ -218,7 +218,7 @@ def report_skipped(
         raise UnreadableImageError(f"{root / first}: {reason}{more}")
     shown = "; ".join(f"{n} ({r})" for n, r in skipped[:_N_NAMED_IN_WARNING])
     logger.warning(
-        "%s: skipped %d unreadable of %d %s: %s%s",
+        "%s: skipped %d of %d %s: %s%s",
         source,
         len(problems),
         n_files,

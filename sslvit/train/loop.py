@@ -113,6 +113,7 @@ RUN_ENTRIES = {
     "figures",
     "eval",
     "export",
+    "skipped.txt",
 }
 
 
@@ -231,6 +232,7 @@ class Trainer:
             window=data.window,
             slice_axis=data.slice_axis,
         )
+        self.skipped = list(getattr(images, "skipped", []))
         if isinstance(images, CubeTiles):
             # recorded as resolved, so every later command cuts the cube the same way
             data.tile_size, data.tile_stride = images.tile_size, images.stride
@@ -384,6 +386,13 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.run_dir / "config.yaml")
+        if self.skipped:
+            # the scan's warning names a few; the run keeps the whole list
+            listing = "".join(f"{name}\t{reason}\n" for name, reason in self.skipped)
+            (self.run_dir / "skipped.txt").write_text(listing)
+            log.info(
+                "all %d skipped files and why: %s", len(self.skipped), self.run_dir / "skipped.txt"
+            )
         env = {
             "sslvit": sslvit.__version__,
             "git": _git_hash(),
