@@ -253,3 +253,14 @@ def test_multipage_lzw_tiff_without_imagecodecs_says_what_to_install(tmp_path):
             read_image(tmp_path / "stack.tif")
     else:
         assert read_image(tmp_path / "stack.tif").shape == (3, 6, 7)
+
+
+def test_a_npy_that_is_not_a_numeric_array_is_named_as_such(tmp_path):
+    text = tmp_path / "notes.npy"
+    text.write_text("not an array")
+    with pytest.raises(UnreadableImageError, match=r"notes\.npy: not a NumPy \.npy array"):
+        read_image(text)
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UnreadableImageError, match=r"objects\.npy: holds Python objects"):
+        read_image(objects)

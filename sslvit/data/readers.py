@@ -111,7 +111,7 @@ def read_array(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix in ARRAY_EXTENSIONS:
-            array = _chw_from_shape(np.load(path, allow_pickle=False), path)
+            array = _chw_from_shape(_load_npy(path), path)
         elif suffix in _TIFF_EXTENSIONS:
             array = _read_tiff(path)
         elif suffix in DICOM_EXTENSIONS or (
@@ -160,6 +160,23 @@ def optional_module(name: str, extra: str, path: str | Path):
         raise UnreadableImageError(
             f"{path}: reading it needs {name}: pip install 'sslvit[{extra}]'"
         ) from None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """`np.load` without pickles, naming what the file is when it is not a numeric array
+    (numpy calls a file without a .npy header "pickled data")."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        raise UnreadableImageError(f"{path}: not a NumPy .npy array (no .npy header)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise UnreadableImageError(
+                f"{path}: holds Python objects, not a numeric array"
+            ) from None
+        raise
 
 
 def describe_error(err: Exception, limit: int = 160) -> str:
