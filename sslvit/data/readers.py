@@ -164,19 +164,18 @@ def optional_module(name: str, extra: str, path: str | Path):
 
 def _load_npy(path: Path) -> np.ndarray:
     """`np.load` without pickles, naming what the file is when it is not a numeric array
-    (numpy calls a file without a .npy header "pickled data")."""
-    with open(path, "rb") as handle:
-        magic = handle.read(6)
-    if magic != b"\x93NUMPY":
-        raise UnreadableImageError(f"{path}: not a NumPy .npy array (no .npy header)")
+    (numpy calls a file without a .npy header "pickled data"). The header is looked at only
+    after a failure: this runs for every image read during training."""
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise UnreadableImageError(
-                f"{path}: holds Python objects, not a numeric array"
-            ) from None
-        raise
+        if "allow_pickle" not in str(err):
+            raise
+        with open(path, "rb") as handle:
+            has_header = handle.read(6) == b"\x93NUMPY"
+    if not has_header:
+        raise UnreadableImageError(f"{path}: not a NumPy .npy array (no .npy header)")
+    raise UnreadableImageError(f"{path}: holds Python objects, not a numeric array")
 
 
 def describe_error(err: Exception, limit: int = 160) -> str:
