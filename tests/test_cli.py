@@ -308,6 +308,17 @@ def test_a_negative_worker_count_is_refused_when_the_command_line_is_read(comman
     )
 
 
+def test_pretrain_img_size_takes_a_side_or_a_square(capsys):
+    from sslvit.cli.options import square_side
+
+    assert square_side("32") == 32 and square_side("32x32") == 32
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--img-size", "32x48"])
+    assert "'32x48': pretraining crops are square; give one side, e.g. 48" in (
+        capsys.readouterr().err
+    )
+
+
 def test_ctrl_c_while_the_libraries_load_ends_with_one_line(monkeypatch, capsys):
     import builtins
 

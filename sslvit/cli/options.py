@@ -24,6 +24,19 @@ def image_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
+def square_side(text: str) -> int:
+    """`pretrain --img-size`: the side of the square training crops, "32" or "32x32"."""
+    size = image_size(text)
+    if isinstance(size, tuple):
+        if size[0] != size[1]:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: pretraining crops are square; give one side, e.g. {max(size)} "
+                "(finetune, segment and eval take HxW)"
+            )
+        size = size[0]
+    return size
+
+
 def worker_count(text: str) -> int:
     """`--workers`: data-loading processes, 0 (load in the main process) or more."""
     try:

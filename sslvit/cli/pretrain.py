@@ -6,7 +6,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from sslvit.cli.options import BANDS_HELP, add_reader_options, worker_count
+from sslvit.cli.options import BANDS_HELP, add_reader_options, square_side, worker_count
 from sslvit.methods import method_names
 from sslvit.models import MODELS
 
@@ -150,7 +150,9 @@ def add_pretrain(sub) -> None:
     p.add_argument("--method", choices=method_names(), help="pretraining method (default mae)")
     p.add_argument("--model", choices=sorted(MODELS), help="encoder size (default vit_tiny)")
     p.add_argument(
-        "--img-size", type=int, help="input side in pixels (default 224; 28 on the sample)"
+        "--img-size",
+        type=square_side,
+        help="side of the square training crops in pixels (default 224; 28 on the sample)",
     )
     p.add_argument("--patch-size", type=int, help="patch side in pixels; must divide --img-size")
     p.add_argument("--epochs", type=float, help="passes over the data, may be fractional (100)")
