@@ -317,6 +317,9 @@ def test_pretrain_img_size_takes_a_side_or_a_square(capsys):
     assert "'32x48': pretraining crops are square; give one side, e.g. 48" in (
         capsys.readouterr().err
     )
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--img-size", "0"])
+    assert "'0': expected a side such as 32" in capsys.readouterr().err
 
 
 def test_ctrl_c_while_the_libraries_load_ends_with_one_line(monkeypatch, capsys):

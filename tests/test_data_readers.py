@@ -161,6 +161,15 @@ def test_npy_layouts(tmp_path):
     assert torch.equal(read_image(tmp_path / "chw.npy"), torch.from_numpy(chw.astype(np.float32)))
 
 
+@pytest.mark.parametrize(
+    ("shape", "channels"),
+    [((40, 40, 5), 5), ((40, 60, 6), 6), ((9, 9, 156), 156), ((5, 40, 40), 5), ((156, 9, 9), 156)],
+)
+def test_the_band_axis_of_a_multiband_npy_is_the_odd_one_out(tmp_path, shape, channels):
+    np.save(tmp_path / "tile.npy", np.zeros(shape, np.float32))
+    assert read_image(tmp_path / "tile.npy").shape[0] == channels
+
+
 def _truncated(tmp_path, name, save):
     full = tmp_path / f"full-{name}"
     save(full)

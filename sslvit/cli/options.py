@@ -26,7 +26,10 @@ def image_size(text: str) -> int | tuple[int, int]:
 
 def square_side(text: str) -> int:
     """`pretrain --img-size`: the side of the square training crops, "32" or "32x32"."""
-    size = image_size(text)
+    try:
+        size = image_size(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a side such as 32") from None
     if isinstance(size, tuple):
         if size[0] != size[1]:
             raise argparse.ArgumentTypeError(

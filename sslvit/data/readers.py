@@ -70,8 +70,8 @@ def read_image(path: str | Path) -> torch.Tensor:
           multi-frame files are unreadable here, `open_images` reads their frames (see
           `sslvit.data.dicom`, `sslvit.data.slices`).
         - `.npy` and TIFFs without axis labels: a 2-D array is one channel; a 3-D array is
-          `[H, W, C]` when its last dimension is at most 4 and its first is larger than 4,
-          and `[C, H, W]` otherwise. Store other layouts as `[C, H, W]`.
+          `[H, W, C]` when its last dimension is smaller than the other two or the first two
+          are equal and the last is not (a square tile); `[C, H, W]` otherwise.
 
     Args:
         path: The file to read.
@@ -291,6 +291,7 @@ def _chw_from_shape(array: np.ndarray, path: Path) -> np.ndarray:
         raise UnreadableImageError(
             f"{path}: expected a 2-D or 3-D array, got shape {tuple(array.shape)}"
         )
-    if array.shape[-1] <= 4 < array.shape[0]:
-        return np.moveaxis(array, -1, 0)
+    first, middle, last = array.shape
+    if last < min(first, middle) or (first == middle != last):
+        return np.moveaxis(array, -1, 0)  # bands last: fewer than pixels per side, or a square
     return array
