@@ -203,7 +203,7 @@ def test_an_out_folder_that_is_not_a_new_run_is_refused(digits_folder, tmp_path,
     inside = digits_folder / "0" / "run"
     assert main([*args, "--out", str(inside)]) == 2
     err = capsys.readouterr().err
-    assert f"--out {inside} lies inside the training images {digits_folder}" in err
+    assert f"--out {inside} lies inside the data folder {digits_folder}" in err
     assert not inside.exists()  # nothing written among the images
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -211,6 +211,20 @@ def test_an_out_folder_that_is_not_a_new_run_is_refused(digits_folder, tmp_path,
     assert main([*args, "--out", str(notes)]) == 2
     assert f"{notes} holds files that are not a run's (readme.txt)" in capsys.readouterr().err
     assert sorted(p.name for p in notes.iterdir()) == ["readme.txt"]
+
+
+@pytest.mark.parametrize("command", ["finetune", "eval efficiency", "segment"])
+def test_finetune_and_segment_refuse_an_out_inside_their_data(command, digits_folder, capsys):
+    inside = digits_folder / "0" / "run"
+    if command == "segment":
+        argv = ["segment", "--images", str(digits_folder), "--masks", str(digits_folder)]
+    else:
+        argv = [*command.split(), "--data", str(digits_folder)]
+    assert main([*argv, "--encoder", "none", "--out", str(inside)]) == 2
+    assert f"--out {inside} lies inside the data folder {digits_folder}" in (
+        capsys.readouterr().err
+    )
+    assert not inside.exists()
 
 
 def test_resume_on_other_images_is_refused(digits_folder, tmp_path, capsys):

@@ -102,9 +102,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _eval_efficiency(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.evaluate.efficiency import EfficiencyConfig, label_efficiency
     from sslvit.evaluate.efficiency_report import print_table
 
+    if args.out:
+        check_out_outside(args.out, args.data, args.test_data)
     if args.labels is not None:
         raise ValueError("--labels: eval efficiency takes its label budgets from --fractions")
     finetune = _finetune_config(args)
@@ -160,9 +163,11 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.evaluate.finetune import finetune
     from sslvit.evaluate.report import format_table, result_json
 
+    check_out_outside(args.out, args.data, args.test_data)
     scratch = args.encoder.lower() == "none"
     on_sample = args.data is None
     config = _finetune_config(args)

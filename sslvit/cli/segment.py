@@ -11,12 +11,14 @@ log = logging.getLogger("sslvit")
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.data.masks import SegmentationPairs
     from sslvit.evaluate.report import format_table, result_json
     from sslvit.evaluate.segment import SegmentConfig, segment
 
     if (args.test_images is None) != (args.test_masks is None):
         raise ValueError("--test-images and --test-masks go together")
+    check_out_outside(args.out, args.images, args.masks, args.test_images, args.test_masks)
     config = SegmentConfig(
         **{k: v for k, v in vars(args).items() if k in SEGMENT_OPTIONS and v is not None}
     )

@@ -20,7 +20,7 @@ import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
 from sslvit.data.bands import band_names_of, fill_images, select_bands
 from sslvit.data.cubes import CubeTiles
-from sslvit.data.folders import absolute_spec
+from sslvit.data.folders import absolute_spec, check_out_outside
 from sslvit.methods import build_method
 from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -177,17 +177,7 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it "
                 "or choose another --out"
             )
-        data = Path(self.config.data.path or "")
-        if (
-            self.config.data.path
-            and data.is_dir()
-            and self.run_dir.resolve().is_relative_to(data.resolve())
-        ):
-            raise ValueError(
-                f"--out {self.run_dir} lies inside the training images {data}: the run's "
-                "pictures and checkpoints would become training images; choose an --out "
-                "outside it"
-            )
+        check_out_outside(self.run_dir, self.config.data.path)
         if self.run_dir.is_dir():
             # a run stopped before its first checkpoint starts again here; anything else is
             # someone's files
