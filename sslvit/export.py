@@ -57,8 +57,8 @@ def export_encoder(
         out: The weights file to write; must end in `.safetensors`. Its sidecar is written
             beside it with the suffix `.json`. Both are written atomically.
         format: The target library; only "timm".
-        overwrite: Replace an existing `out` (without it, an existing file is an error: it may
-            be another run's encoder).
+        overwrite: Replace an existing `out` or sidecar (without it, either is an error: it
+            may be another run's encoder, or someone's file).
 
     Returns:
         The path of the weights file.
@@ -68,8 +68,9 @@ def export_encoder(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the export file name must end in .safetensors")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    for path in (out, out.with_suffix(".json")):  # the weights and their sidecar
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(encoder_path)
     state = {k: v.to(torch.float32).contiguous() for k, v in encoder.state_dict().items()}
     check_timm_loadable(state, info)

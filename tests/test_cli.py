@@ -252,6 +252,12 @@ def test_export_does_not_overwrite_without_being_asked(run_dir, tmp_path, capsys
     assert target.read_bytes() == b"another encoder"
     assert main([*args, "--overwrite"]) == 0
     assert load_file(target)
+    notes = tmp_path / "notes.json"
+    notes.write_text("mine")
+    args = ["export", "--encoder", str(run_dir), "--out", str(tmp_path / "notes.safetensors")]
+    assert main(args) == 2
+    assert f"{notes} exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and not (tmp_path / "notes.safetensors").exists()
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(

@@ -63,5 +63,7 @@ def add_export(sub) -> None:
     p.add_argument("--encoder", required=True, help="run folder or .safetensors")
     p.add_argument("--out", required=True, help=".safetensors file to write (+ .json sidecar)")
     p.add_argument("--format", default="timm", choices=["timm"])
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file and its .json"
+    )
     p.set_defaults(func=cmd_export)
