@@ -243,6 +243,22 @@ def test_resume_on_other_images_is_refused(digits_folder, tmp_path, capsys):
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
+def test_resume_on_as_many_other_images_is_refused(digits_folder, tmp_path, capsys):
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(digits_folder, data)
+    args = ["pretrain", "--data", str(data), "--out", str(out), *TINY]
+    assert main([*args, "--set", "run.stop_at_step=2"]) == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    first = sorted(data.rglob("*.png"))[0]
+    first.rename(first.with_name("renamed.png"))  # same count, another image list
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=0"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run {out} started on other images (the same count, 120, but other" in err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
 def test_export_does_not_overwrite_without_being_asked(run_dir, tmp_path, capsys):
     target = tmp_path / "enc.safetensors"
     target.write_bytes(b"another encoder")

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -85,6 +86,14 @@ def _seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+
+
+def names_digest(images) -> str:
+    """SHA-256 of the image names in order: which images a run trains on, in a few bytes."""
+    digest = hashlib.sha256()
+    for name in images.names:
+        digest.update(name.encode() + b"\0")
+    return digest.hexdigest()
 
 
 def _git_hash() -> str:
@@ -200,12 +209,20 @@ class Trainer:
         env = self.run_dir / "env.json"
         if not env.is_file():
             return
-        started = json.loads(env.read_text()).get("n_images")
+        saved = json.loads(env.read_text())
+        started = saved.get("n_images")
         if started is not None and started != len(self.images):
             raise ValueError(
                 f"{self.config.data.path}: the run {self.run_dir} started on {started} images, "
                 f"{len(self.images)} are readable now; resume it on the same images, or start "
                 "a new --out"
+            )
+        digest = saved.get("names_sha256")  # absent in runs from before it was recorded
+        if digest is not None and digest != names_digest(self.images):
+            raise ValueError(
+                f"{self.config.data.path}: the run {self.run_dir} started on other images (the "
+                f"same count, {started}, but other file names); resume it on the same images, "
+                "or start a new --out"
             )
 
     def _open_data(self):
@@ -392,6 +409,7 @@ class Trainer:
             "precision": self.precision,
             "world_size": self.dist.world_size,
             "n_images": len(self.images),
+            "names_sha256": names_digest(self.images),
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
             "effective_batch": self.effective_batch,
