@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        print(f"sslvit: {what}; {_after_interrupt(args)}", file=sys.stderr)
+        # on a terminal the progress bar holds the line (and the ^C after it)
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}sslvit: {what}; {_after_interrupt(args)}", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
