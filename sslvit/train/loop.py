@@ -312,14 +312,22 @@ class Trainer:
                 f"accumulation {optim.accum_steps} x {world} process(es); lower --batch-size"
             )
         self.total_steps = max(1, round(optim.epochs * self.steps_per_epoch))
+        if optim.epochs * self.steps_per_epoch < 0.5:
+            log.info(
+                "%s epochs of %d steps round to no step; training 1 step",
+                optim.epochs,
+                self.steps_per_epoch,
+            )
         self.effective_batch = optim.batch_size * optim.accum_steps * world
         self.peak_lr = optim.base_lr * self.effective_batch / 256
         self.warmup_steps = round(optim.warmup_epochs * self.steps_per_epoch)
         if self.warmup_steps > self.total_steps // 2:
             log.warning(
-                "warm-up of %s epochs is over half of the %s-epoch run; using %d steps",
+                "warm-up of %s epochs is over half of the %s-epoch run (%d step(s)); warming up "
+                "for %d steps",
                 optim.warmup_epochs,
                 optim.epochs,
+                self.total_steps,
                 self.total_steps // 2,
             )
             self.warmup_steps = self.total_steps // 2
