@@ -69,6 +69,8 @@ def export_encoder(
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the export file name must end in .safetensors")
     for path in (out, out.with_suffix(".json")):  # the weights and their sidecar
+        if path.is_dir():
+            raise FileExistsError(f"{path} is a folder; choose another --out")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(encoder_path)

@@ -128,6 +128,7 @@ def test_a_relative_data_path_is_saved_absolute(digits_folder, tmp_path, monkeyp
         (["pretrain", "--epochs", "0"], "optim.epochs"),
         (["pretrain", "--batch-size", "0"], "optim.batch_size"),
         (["pretrain", "--set", "run.stop_at_step=-5"], "run.stop_at_step = -5: must be at least 0"),
+        (["pretrain", "--epochs", "inf"], "optim.epochs = inf: must be a finite number above 0"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
@@ -225,6 +226,40 @@ def test_finetune_and_segment_refuse_an_out_inside_their_data(command, digits_fo
         capsys.readouterr().err
     )
     assert not inside.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["embed", "--out", "{data}/feats.npy"],
+        ["show", "attention", "--out", "{data}/0/attn.png"],
+        ["eval", "knn", "--out-of-data-check"],
+    ],
+)
+def test_outputs_are_not_written_among_the_images(argv, run_dir, digits_folder, tmp_path, capsys):
+    import shutil
+
+    if argv[-1] == "--out-of-data-check":  # eval saves into the encoder's folder
+        data = tmp_path / "data"
+        shutil.copytree(digits_folder, data)
+        encoder = data / "enc.safetensors"
+        assert main(["export", "--encoder", str(run_dir), "--out", str(encoder)]) == 0
+        argv, out = [*argv[:2], "--encoder", str(encoder)], data
+    else:
+        data, out = digits_folder, argv[-1].format(data=digits_folder)
+        argv = [*argv[:-1], out, "--encoder", str(run_dir)]
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert main([*argv, "--data", str(data)]) == 2
+    assert f"{out} lies inside the data folder {data}" in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_export_refuses_a_folder_named_like_its_sidecar(run_dir, tmp_path, capsys):
+    (tmp_path / "b.json").mkdir()
+    args = ["export", "--encoder", str(run_dir), "--out", str(tmp_path / "b.safetensors")]
+    assert main([*args, "--overwrite"]) == 2
+    assert f"{tmp_path / 'b.json'} is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 
 
 def test_resume_on_other_images_is_refused(digits_folder, tmp_path, capsys):

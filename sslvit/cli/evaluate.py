@@ -52,6 +52,7 @@ def _eval_sets(args: argparse.Namespace, reader: dict):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.evaluate.classify import evaluate_encoder
     from sslvit.evaluate.report import format_table, result_json, save_result
     from sslvit.models import load_encoder
@@ -69,6 +70,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     given = [flag for dest, flag in args.efficiency_only.items() if getattr(args, dest) is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: only for `sslvit eval efficiency`")
+    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
+    check_out_outside(
+        run_dir, args.data, args.test_data, what="the encoder's folder, where the results go,"
+    )
     device = resolve_device(args.device)
     encoder, info = load_encoder(args.encoder, device)
     reader = reader_options(args, args.encoder)
@@ -95,7 +100,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         c for c in ("kind", "pool", "labels", "n_train", "n_test", "top1", "top5") if c in result
     ]
     print(format_table([result], columns))
-    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
     saved = save_result(run_dir, _result_name(args), result)
     log.info("saved %s", saved)
     print(result_json(result))
@@ -106,8 +110,13 @@ def _eval_efficiency(args: argparse.Namespace) -> None:
     from sslvit.evaluate.efficiency import EfficiencyConfig, label_efficiency
     from sslvit.evaluate.efficiency_report import print_table
 
-    if args.out:
-        check_out_outside(args.out, args.data, args.test_data)
+    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
+    check_out_outside(
+        args.out or run_dir,
+        args.data,
+        args.test_data,
+        what="--out" if args.out else "the encoder's folder, where the results go,",
+    )
     if args.labels is not None:
         raise ValueError("--labels: eval efficiency takes its label budgets from --fractions")
     finetune = _finetune_config(args)
@@ -133,7 +142,6 @@ def _eval_efficiency(args: argparse.Namespace) -> None:
         data.update(test_split=args.split, split_seed=args.seed)
     if reader["window"]:
         data["window"] = reader["window"]
-    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
     outcome = label_efficiency(args.encoder, train, test, args.out or run_dir, config, data)
     print_table(outcome["summary"])
     for name, path in outcome["paths"].items():

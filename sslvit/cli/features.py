@@ -6,8 +6,11 @@ from sslvit.cli.options import BANDS_HELP, add_reader_options, reader_options, w
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.evaluate.embed import embed_folder
 
+    if args.out:
+        check_out_outside(args.out, args.data)
     out = embed_folder(
         args.encoder,
         args.data,

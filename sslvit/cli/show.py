@@ -6,11 +6,14 @@ from sslvit.cli.options import add_reader_options, reader_options
 
 
 def cmd_show(args: argparse.Namespace) -> None:
+    from sslvit.data.folders import check_out_outside
     from sslvit.viz import attention_figure, curves_figure, embedding_figure, recon_figure
 
     needs = {"recon": "encoder", "attention": "encoder", "embedding": "features", "curves": "run"}
     if getattr(args, needs[args.what]) is None:
         raise ValueError(f"show {args.what} needs --{needs[args.what]}")
+    if args.out and args.data:
+        check_out_outside(args.out, args.data)
     shown = {"data": args.data, "n_images": args.n, "bands": args.bands}
     if args.what == "recon":
         out = recon_figure(args.encoder, args.out, seed=args.seed, **shown)

@@ -245,21 +245,22 @@ def absolute_spec(spec: str) -> str:
     return text
 
 
-def check_out_outside(out: str | Path, *specs: str | None) -> None:
-    """Refuse an output folder inside one of the data folders `specs` (None and files are
-    passed over): the run's pictures and checkpoints would be read as images by the next run on
-    that folder, and a labelled folder would gain a class named after the run.
+def check_out_outside(out: str | Path, *specs: str | None, what: str = "--out") -> None:
+    """Refuse an output folder or file inside one of the data folders `specs` (None and files
+    are passed over): a run's pictures, checkpoints and features would be read as images by the
+    next command on that folder, and a labelled folder would gain a class named after them.
 
     Raises:
-        ValueError: naming the output folder and the data folder.
+        ValueError: naming the output (`what` and `out`) and the data folder.
     """
     for spec in specs:
         if spec is None or not Path(spec).is_dir():
             continue
         if Path(out).resolve().is_relative_to(Path(spec).resolve()):
             raise ValueError(
-                f"--out {out} lies inside the data folder {spec}: the run's files would be read "
-                "as images (or as a class) by the next run on it; choose an --out outside it"
+                f"{what} {out} lies inside the data folder {spec}: what is written there would "
+                "be read as images (or as a class) by the next command on it; choose an --out "
+                "outside it"
             )
 
 

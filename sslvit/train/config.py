@@ -6,6 +6,7 @@ to `config.yaml` in its folder.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -89,12 +90,12 @@ class OptimConfig:
     def check(self) -> None:
         """Fail before any work on a value outside its range, naming the field."""
         limits = [
-            ("epochs", self.epochs > 0, "above 0"),
+            ("epochs", 0 < self.epochs < math.inf, "a finite number above 0"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("accum_steps", self.accum_steps >= 1, "at least 1"),
-            ("base_lr", self.base_lr > 0, "above 0"),
-            ("min_lr", self.min_lr >= 0, "at least 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, "at least 0"),
+            ("base_lr", 0 < self.base_lr < math.inf, "a finite number above 0"),
+            ("min_lr", 0 <= self.min_lr < math.inf, "a finite number, at least 0"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < math.inf, "a finite number, at least 0"),
             ("weight_decay", self.weight_decay >= 0, "at least 0"),
             ("clip_grad", self.clip_grad >= 0, "at least 0 (0 = off)"),
         ]
