@@ -144,8 +144,7 @@ class FolderImages:
         results = _probe_all([self.root / name for name in names])
 
         counts = Counter(n_chans for n_chans, _ in results if n_chans is not None)
-        # the most common count; on a tie the larger, so no image loses its colour
-        in_chans = max(counts, key=lambda n: (counts[n], n)) if counts else 0
+        in_chans = set_channels(counts)
         converted = {
             n: k for n, k in counts.items() if n != in_chans and _channels_compatible(n, in_chans)
         }
@@ -166,7 +165,9 @@ class FolderImages:
             if n_chans is None:
                 problems[name] = reason
             elif not _channels_compatible(n_chans, in_chans):
-                problems[name] = f"has {n_chans} channels, most images have {in_chans}"
+                problems[name] = (
+                    f"has {n_chans} channels; the set is read with {in_chans}{TIE_RULE}"
+                )
 
         _warn_mixed_bit_depths(self.root, [d for n, d in results if n is not None])
         if problems:
@@ -243,6 +244,16 @@ def absolute_spec(spec: str) -> str:
     if colon and head and Path(head).exists():
         return f"{os.path.abspath(head)}:{tail}"
     return text
+
+
+# how a folder's channel count is chosen (`set_channels`), as skipped files are told
+TIE_RULE = " (the most common count; the larger on a tie)"
+
+
+def set_channels(counts: Counter) -> int:
+    """The channel count a set of images is read with, from how many files have each count:
+    the most common; on a tie the larger, so no image loses its colour or bands."""
+    return max(counts, key=lambda n: (counts[n], n)) if counts else 0
 
 
 def check_out_outside(out: str | Path, *specs: str | None, what: str = "--out") -> None:

@@ -27,12 +27,14 @@ from sslvit.data.dicom import (
     read_dicom_series,
 )
 from sslvit.data.folders import (
+    TIE_RULE,
     _channels_compatible,
     _classes_from_folders,
     _match_channels,
     _probe_all,
     _sorted_classes,
     report_skipped,
+    set_channels,
 )
 from sslvit.data.nifti import is_nifti_name, read_nifti
 from sslvit.data.readers import READABLE_EXTENSIONS, UnreadableImageError, read_image
@@ -110,10 +112,12 @@ class SliceImages:
 
         self.n_empty = 0
         items, problems = self._index(files)
-        self.in_chans = in_chans or _most_common([n for _, _, n, _ in items])
+        self.in_chans = in_chans or set_channels(Counter(n for _, _, n, _ in items))
         for name, _, n_chans, _ in items:
             if not _channels_compatible(n_chans, self.in_chans):
-                problems[name] = f"has {n_chans} channels, most images have {self.in_chans}"
+                problems[name] = (
+                    f"has {n_chans} channels; the set is read with {self.in_chans}{TIE_RULE}"
+                )
         self._report(source, problems, len(files), strict or source.is_file())
         items = sorted((i for i in items if i[0] not in problems), key=lambda i: i[0])
         if not items:
@@ -293,7 +297,3 @@ def _nonempty(volume: np.ndarray, axis: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: empty
         return np.nanmax(flat, axis=1) > np.nanmin(flat, axis=1)
-
-
-def _most_common(values: list[int]) -> int:
-    return Counter(values).most_common(1)[0][0] if values else 0
