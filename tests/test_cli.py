@@ -129,6 +129,7 @@ def test_a_relative_data_path_is_saved_absolute(digits_folder, tmp_path, monkeyp
         (["pretrain", "--batch-size", "0"], "optim.batch_size"),
         (["pretrain", "--set", "run.stop_at_step=-5"], "run.stop_at_step = -5: must be at least 0"),
         (["pretrain", "--epochs", "inf"], "optim.epochs = inf: must be a finite number above 0"),
+        (["pretrain", "--patch-size", "0"], "patch size 0: must be at least 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):

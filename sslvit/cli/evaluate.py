@@ -181,7 +181,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config = _finetune_config(args)
     if scratch and on_sample:
         # the built-in sample is 28 px MNIST, as in `pretrain`
-        config.img_size, config.patch_size = args.img_size or 28, args.patch_size or 4
+        config.img_size = args.img_size or 28
+        config.patch_size = 4 if args.patch_size is None else args.patch_size
     train, test = _eval_sets(args, reader_options(args, args.encoder))
     result = finetune(None if scratch else args.encoder, train, test, args.out, config)
     result["data"] = args.data or "sample"

@@ -72,7 +72,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
             cube,
             args.model or "vit_tiny",
             args.img_size or 16,
-            args.patch_size or 4,
+            4 if args.patch_size is None else args.patch_size,
             args.band_groups or 0,
             args.seed,
         )

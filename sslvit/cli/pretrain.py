@@ -98,8 +98,8 @@ def build_config(args: argparse.Namespace):
     }
     if args.data is None and not args.config:
         # the built-in sample is 28 px MNIST: a 7x7 grid of 4 px patches
-        named["data.img_size"] = args.img_size or 28
-        named["model.patch_size"] = args.patch_size or 4
+        named["data.img_size"] = 28 if args.img_size is None else args.img_size
+        named["model.patch_size"] = 4 if args.patch_size is None else args.patch_size
     items = [f"{k}={json.dumps(v)}" for k, v in named.items() if v is not None]
     return apply_overrides(config, items + list(args.set))
 

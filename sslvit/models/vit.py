@@ -52,7 +52,9 @@ def create_vit(
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     height, width = _pair(img_size)
-    if patch_size < 1 or height % patch_size or width % patch_size:
+    if patch_size < 1:
+        raise ValueError(f"patch size {patch_size}: must be at least 1")
+    if height % patch_size or width % patch_size:
         raise ValueError(
             f"image size {height}x{width} is not divisible by the patch size {patch_size}"
         )
