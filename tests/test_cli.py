@@ -263,23 +263,24 @@ def test_export_refuses_a_folder_named_like_its_sidecar(run_dir, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 
 
-def test_resume_on_other_images_is_refused(digits_folder, tmp_path, capsys):
-    import shutil
-
-    data, out = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(digits_folder, data)
-    args = ["pretrain", "--data", str(data), "--out", str(out), *TINY]
-    assert main([*args, "--set", "run.stop_at_step=2"]) == 0
-    before = (out / "checkpoints" / "last.pt").read_bytes()
+def _junk_ten(data):
     for path in sorted(data.rglob("*.png"))[:10]:
         path.write_bytes(b"not a png")
-    assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=0"]) == 2
-    err = capsys.readouterr().err
-    assert f"the run {out} started on 120 images, 110 are readable now" in err
-    assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_resume_on_as_many_other_images_is_refused(digits_folder, tmp_path, capsys):
+def _rename_one(data):  # same count, another image list
+    first = sorted(data.rglob("*.png"))[0]
+    first.rename(first.with_name("renamed.png"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_junk_ten, "the run {out} started on 120 images, 110 are readable now"),
+        (_rename_one, "the run {out} started on other images (the same count, 120, but other"),
+    ],
+)
+def test_resume_on_other_images_is_refused(change, message, digits_folder, tmp_path, capsys):
     import shutil
 
     data, out = tmp_path / "data", tmp_path / "run"
@@ -287,11 +288,9 @@ def test_resume_on_as_many_other_images_is_refused(digits_folder, tmp_path, caps
     args = ["pretrain", "--data", str(data), "--out", str(out), *TINY]
     assert main([*args, "--set", "run.stop_at_step=2"]) == 0
     before = (out / "checkpoints" / "last.pt").read_bytes()
-    first = sorted(data.rglob("*.png"))[0]
-    first.rename(first.with_name("renamed.png"))  # same count, another image list
+    change(data)
     assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=0"]) == 2
-    err = capsys.readouterr().err
-    assert f"the run {out} started on other images (the same count, 120, but other" in err
+    assert message.format(out=out) in capsys.readouterr().err
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
