@@ -105,20 +105,31 @@ def test_local_crop_size_scales_with_the_image():
 
 def test_ibot_patch_loss_counts_only_masked_positions():
     torch.manual_seed(0)
-    s, t = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
-    mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]])
+    s, t = torch.randn(3, 6, 5), torch.randn(3, 6, 5)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]])
     center = torch.zeros(1, 1, 5)
-    base = masked_patch_distill(s, t, mask, center, 0.1, 0.04)
-    s2 = s.clone()
-    s2[mask == 0] = torch.randn(int((mask == 0).sum()), 5)
-    assert masked_patch_distill(s2, t, mask, center, 0.1, 0.04) == pytest.approx(base.item())
+    on = mask.bool()
+    base = masked_patch_distill(s[on], t[on], mask, center, 0.1, 0.04)
     s3 = s.clone()
     s3[0, 0, 0] += 3.0  # one logit of a masked patch
-    assert masked_patch_distill(s3, t, mask, center, 0.1, 0.04).item() != pytest.approx(base.item())
-    # written out: per image, mean cross-entropy over its masked patches; then mean over images
+    moved = masked_patch_distill(s3[on], t[on], mask, center, 0.1, 0.04)
+    assert moved.item() != pytest.approx(base.item())
+    # written out: per image, mean cross-entropy over its masked patches; then mean over all
+    # images, the unmasked third counting 0
     ce = -(torch.softmax(t / 0.04, -1) * torch.log_softmax(s / 0.1, -1)).sum(-1)
-    want = ((ce[0, 0] + ce[0, 2]) / 2 + ce[1, 5]) / 2
+    want = ((ce[0, 0] + ce[0, 2]) / 2 + ce[1, 5] + 0) / 3
     assert base.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_head_on_selected_rows_equals_the_full_head_there(batch_norm):
+    """iBOT's student evaluates its patch head on the masked tokens only: the same logits as
+    the full head read at those positions, BatchNorm statistics included."""
+    torch.manual_seed(0)
+    head = DINOHead(16, 32, hidden_dim=24, bottleneck_dim=8, batch_norm=batch_norm).train()
+    x = torch.randn(3, 7, 16)
+    select = torch.rand(3, 7) < 0.3
+    assert torch.allclose(head(x, select=select), head(x)[select], atol=1e-6)
 
 
 def test_block_masks_have_the_exact_count():

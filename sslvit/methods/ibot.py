@@ -48,8 +48,8 @@ class IBOTConfig(DINOConfig):
 
 
 def masked_patch_distill(
-    student_patches: torch.Tensor,
-    teacher_patches: torch.Tensor,
+    student_masked: torch.Tensor,
+    teacher_masked: torch.Tensor,
     mask: torch.Tensor,
     center: torch.Tensor,
     student_temp: float,
@@ -58,21 +58,23 @@ def masked_patch_distill(
     """iBOT's masked-image-modelling loss for one view.
 
     Cross-entropy between the teacher's centred, sharpened patch distributions and the
-    student's, counted only where `mask` is 1, averaged over the masked patches of each image
-    and then over the images (an image without masked patches contributes 0).
+    student's at the masked positions, averaged over the masked patches of each image and then
+    over all images (an image without masked patches contributes 0). Only the masked positions'
+    logits are passed: the others are never computed.
 
     Args:
-        student_patches: `[B, N, K]` logits of the student's patch tokens.
-        teacher_patches: `[B, N, K]` logits of the teacher's patch tokens.
-        mask: `[B, N]`, 1 = masked for the student.
-        center: `[1, 1, K]`.
+        student_masked: `[M, K]` logits of the student's masked patch tokens, in the row-major
+            order of `mask`'s ones (`patches[mask]`).
+        teacher_masked: `[M, K]` the teacher's logits at the same positions.
+        mask: `[B, N]`, 1 = masked for the student; M ones in all.
+        center: `[K]` or any shape that broadcasts to `[M, K]`.
     """
-    target = F.softmax((teacher_patches.float() - center) / teacher_temp, dim=-1)
-    log_p = F.log_softmax(student_patches.float() / student_temp, dim=-1)
-    per_patch = -(target * log_p).sum(dim=-1)  # [B, N]
-    mask = mask.float()
-    per_image = (per_patch * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    return per_image.mean()
+    target = F.softmax((teacher_masked.float() - center.view(1, -1)) / teacher_temp, dim=-1)
+    log_p = F.log_softmax(student_masked.float() / student_temp, dim=-1)
+    per_patch = -(target * log_p).sum(dim=-1)  # [M]
+    counts = mask.bool().sum(dim=1)
+    weights = (1.0 / counts.clamp_min(1).float()).repeat_interleave(counts)
+    return (per_patch * weights).sum() / mask.shape[0]
 
 
 @register("ibot")
@@ -146,7 +148,9 @@ class IBOT(DINO):
             self.encoder, torch.cat(globals_), torch.cat(masks), self.mask_token
         )
         s_cls = list(cls_head(tokens[:, 0]).chunk(2))
-        s_patch = list(patch_head(tokens[:, 1:]).chunk(2))
+        # the student's patch logits only where the loss reads them (a sixth of the tokens)
+        counts = [int(m.sum()) for m in masks]
+        s_patch = patch_head(tokens[:, 1:], select=torch.cat(masks)).split(counts)
         if locals_:
             s_cls += list(
                 cls_head(torch.cat(self.encode(self.encoder, locals_))).chunk(len(locals_))
@@ -162,7 +166,12 @@ class IBOT(DINO):
         loss_cls = dino_loss(s_cls, t_cls, self.center, c.student_temp, temp)
         loss_patch = sum(
             masked_patch_distill(
-                s_patch[i], t_patch[i], masks[i], self.center_patch, c.student_temp, ptemp
+                s_patch[i],
+                t_patch[i][masks[i].bool()],
+                masks[i],
+                self.center_patch,
+                c.student_temp,
+                ptemp,
             )
             for i in range(len(globals_))
         ) / len(globals_)

@@ -94,6 +94,7 @@ class DINOHead(nn.Module):
                     modules.append(nn.BatchNorm1d(dims[i + 1]))
                 modules.append(nn.GELU())
         self.mlp = nn.Sequential(*modules)
+        self.batch_norm = batch_norm
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -104,7 +105,19 @@ class DINOHead(nn.Module):
         self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
         self.out_dim = out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x.flatten(0, -2)), dim=-1).view(*x.shape[:-1], -1)
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `[..., out_dim]` for `x` `[..., in_dim]`; with a boolean `select` shaped like
+        `x`'s leading dimensions, only the selected rows' logits `[M, out_dim]` (row-major
+        order), computed only for them (iBOT's student needs its masked patches only). With
+        BatchNorm the MLP still sees every row, so the statistics do not change."""
+        lead = x.shape[:-1]
+        x = x.flatten(0, -2)
+        rows = None if select is None else select.flatten().bool()
+        if rows is not None and not self.batch_norm:
+            x, rows = x[rows], None
+        x = F.normalize(self.mlp(x), dim=-1)
+        if rows is not None:
+            x = x[rows]
         weight = self.last_g * F.normalize(self.last_v, dim=1)
-        return x @ weight.T
+        logits = x @ weight.T
+        return logits if select is not None else logits.view(*lead, -1)
