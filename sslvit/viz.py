@@ -515,8 +515,15 @@ def curves_figure(run_dir: str | Path, out: str | Path) -> Path:
 
 
 def _save(fig, out: str | Path) -> Path:
+    """Write the figure to `out` (".png" added when it has no extension) and return the path
+    written."""
     fig.tight_layout()
     out = Path(out)
+    if out.is_dir():
+        plt.close(fig)
+        raise ValueError(f"{out}: is a folder; give a file name, such as {out / 'figure.png'}")
+    if not out.suffix:
+        out = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -48,11 +48,21 @@ def test_eval_prints_table_then_json(run_dir, digits_folder, capsys, kind):
     assert saved["top1"] == result["top1"] and saved["test_split"] == 0.25
 
 
-def test_show_recon(run_dir, digits_folder, tmp_path):
+def test_show_recon(run_dir, digits_folder, tmp_path, capsys):
     out = tmp_path / "recon.png"
     assert main(["show", "recon", "--encoder", str(run_dir), "--data", str(digits_folder),
                  "--out", str(out), "--n", "3"]) == 0  # fmt: skip
     assert out.stat().st_size > 1000
+    # without an extension the PNG gets one, and the path printed is the file written
+    capsys.readouterr()
+    args = ["show", "recon", "--encoder", str(run_dir), "--data", str(digits_folder), "--n", "2"]
+    assert main([*args, "--out", str(tmp_path / "pic")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "pic.png")
+    assert (tmp_path / "pic.png").is_file()
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; give a file name" in capsys.readouterr().err
+    assert main([*args[:-1], "0", "--out", str(out)]) == 2
+    assert "--n 0: the number of images must be at least 1" in capsys.readouterr().err
 
 
 def test_export_loads_into_timm_strictly(run_dir, tmp_path):
@@ -97,8 +107,11 @@ def test_resume_continues_the_folder_given_even_when_copied(
     err = capsys.readouterr().err
     assert "data.path" in err and "gone" in err and "config.yaml" in err and "Traceback" not in err
     assert "--set data.path=" in err
-    assert main(["pretrain", "--out", str(copy), "--resume", "--set", "optim.base_rl=1"]) == 2
-    assert "unknown field(s) base_rl" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(copy), "--resume", "--set", "run.stop_at_stp=1"]) == 2
+    assert "unknown field(s) stop_at_stp" in capsys.readouterr().err
+    # a method setting is the run's own (checked against the run's method, not the default's)
+    assert main(["pretrain", "--out", str(copy), "--resume", "--set", "method.out_dim=9"]) == 2
+    assert "--set method.out_dim=9: only run.*" in capsys.readouterr().err
     # ... and the fix it names works
     moved = ["--set", f"data.path={digits_folder}"]
     assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu", *moved]) == 0

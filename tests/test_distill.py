@@ -3,6 +3,7 @@ masked-only losses, HOG targets, collapse warnings, and a few steps of each on r
 
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -130,6 +131,44 @@ def test_head_on_selected_rows_equals_the_full_head_there(batch_norm):
     x = torch.randn(3, 7, 16)
     select = torch.rand(3, 7) < 0.3
     assert torch.allclose(head(x, select=select), head(x)[select], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method,fields,named",
+    [
+        ("ibot", {"pred_ratio": -0.1}, "method.pred_ratio = -0.1"),
+        ("ibot", {"pred_ratio_var": 0.5}, "method.pred_ratio_var = 0.5"),
+        ("ibot", {"pred_ratio": 1.5, "pred_ratio_var": 0.0}, "method.pred_ratio = 1.5"),
+        ("ibot", {"patch_out_dim": 0}, "method.patch_out_dim = 0"),
+        ("ibot", {"mask_prob": 1.5}, "method.mask_prob = 1.5"),
+        ("ibot", {"lambda_patch": -1.0}, "method.lambda_patch = -1.0"),
+        ("dino", {"out_dim": 0}, "method.out_dim = 0"),
+        ("dino", {"out_dim": -5}, "method.out_dim = -5"),
+        ("dino", {"global_crop_scale": (1.0, 0.4)}, "method.global_crop_scale = (1.0, 0.4)"),
+        ("dino", {"local_crop_scale": (0.5, 3.0)}, "method.local_crop_scale"),
+        ("dino", {"teacher_temp": 0.0}, "method.teacher_temp = 0.0"),
+        ("dino", {"momentum": 1.5}, "method.momentum = 1.5"),
+        ("dino", {"local_crops": -2}, "method.local_crops = -2"),
+        ("dino", {"hidden_dim": 0}, "method.hidden_dim = 0"),
+    ],
+)
+def test_dino_and_ibot_settings_are_checked_before_any_work(method, fields, named):
+    config = (DINOConfig if method == "dino" else IBOTConfig)(**{**SMALL, **fields})
+    if method == "ibot" and "patch_out_dim" not in fields:
+        config.patch_out_dim = config.out_dim
+    with pytest.raises(ValueError, match=re.escape(named)):
+        build_method(config, create_vit("vit_tiny", 16, 4, 3))
+
+
+@pytest.mark.parametrize("local_size", [10, 64])
+def test_local_crops_must_be_whole_patches_no_larger_than_the_image(local_size, tmp_path):
+    from sslvit.train.config import DataConfig
+
+    method = build_method(
+        DINOConfig(**SMALL, local_size=local_size), create_vit("vit_tiny", 32, 4, 3)
+    )
+    with pytest.raises(ValueError, match=f"method.local_size = {local_size}: local crops"):
+        method.views_transform(DataConfig(img_size=32), [0.5] * 3, [0.2] * 3)
 
 
 def test_block_masks_have_the_exact_count():

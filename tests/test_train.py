@@ -119,9 +119,21 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits_folder, tmp
         return (loss * float("nan"), logs) if calls["n"] == 3 else (loss, logs)
 
     trainer.method.forward = forward
-    with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan"):
+    with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan") as err:
         trainer.train()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    assert "Resume from it with --resume" in str(err.value)
+
+
+def test_non_finite_loss_before_any_checkpoint_says_to_run_again(digits_folder, tmp_path):
+    trainer = Trainer(tiny_config(digits_folder, tmp_path / "r"))
+    real_forward = trainer.method.forward
+    trainer.method.forward = lambda images: (lambda out: (out[0] * float("nan"), out[1]))(
+        real_forward(images)
+    )
+    with pytest.raises(NonFiniteLossError, match="step 1: .*no checkpoint was written yet") as err:
+        trainer.train()
+    assert "without --resume" in str(err.value)
 
 
 @pytest.mark.parametrize("accum", [2])

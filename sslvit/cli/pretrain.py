@@ -39,7 +39,6 @@ def build_config(args: argparse.Namespace):
         # a resumed run keeps its own config; only how it executes may change, and where its
         # images now are (the same images, moved)
         allowed = ("run.", "data.workers=", "data.path=")
-        apply_overrides(Config(), list(args.set))  # a misspelled key or bad value, named as such
         for item in args.set:
             if not item.startswith(allowed) or item.startswith("run.out="):
                 raise ValueError(

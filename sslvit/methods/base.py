@@ -9,6 +9,19 @@ from sslvit.methods.registry import method_class
 from sslvit.train.optim import param_groups
 
 
+def check_limits(section: str, config, limits) -> None:
+    """Fail on the first `(field, ok, rule)` whose `ok` is False, naming `section.field`, its
+    value and the rule (a config's `check()` lists its limits; run before any work)."""
+    for name, ok, rule in limits:
+        if not ok:
+            raise ValueError(f"{section}.{name} = {getattr(config, name)}: must be {rule}")
+
+
+def unit_range(pair) -> bool:
+    """A (low, high) range inside (0, 1], such as a crop's area scale."""
+    return len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1
+
+
 class Method(nn.Module):
     """A pretraining method: owns its encoder (and decoder, heads, teacher) and its loss.
 

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.data.views import MultiView, augmented_view
-from sslvit.methods.base import Method
+from sslvit.methods.base import Method, check_limits, unit_range
 from sslvit.methods.common import CollapseMonitor, all_reduce_mean_, view_augment
 from sslvit.methods.registry import register
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
@@ -67,6 +67,59 @@ class DINOConfig:
     hue: float = 0.1
     grayscale_prob: float = 0.2
     collapse_patience: int = 20
+
+    def limits(self) -> list:
+        """`(field, ok, rule)` for every field with a range (see `check`)."""
+        finite = math.isfinite
+        return [
+            ("pool", self.pool in ("cls", "mean"), "cls or mean"),
+            ("out_dim", self.out_dim >= 1, "at least 1"),
+            ("hidden_dim", self.hidden_dim >= 1, "at least 1"),
+            ("bottleneck_dim", self.bottleneck_dim >= 1, "at least 1"),
+            ("head_layers", self.head_layers >= 1, "at least 1"),
+            ("student_temp", 0 < self.student_temp < math.inf, "a finite number above 0"),
+            ("teacher_temp", 0 < self.teacher_temp < math.inf, "a finite number above 0"),
+            (
+                "warmup_teacher_temp",
+                0 < self.warmup_teacher_temp < math.inf,
+                "a finite number above 0",
+            ),
+            (
+                "warmup_teacher_temp_epochs",
+                0 <= self.warmup_teacher_temp_epochs < math.inf,
+                "a finite number, at least 0",
+            ),
+            ("center_momentum", 0 <= self.center_momentum <= 1, "in [0, 1]"),
+            ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
+            (
+                "freeze_last_layer_epochs",
+                0 <= self.freeze_last_layer_epochs < math.inf,
+                "a finite number, at least 0",
+            ),
+            (
+                "global_crop_scale",
+                unit_range(self.global_crop_scale),
+                "[low, high], 0 < low <= high <= 1",
+            ),
+            (
+                "local_crop_scale",
+                unit_range(self.local_crop_scale),
+                "[low, high], 0 < low <= high <= 1",
+            ),
+            ("local_crops", self.local_crops >= 0, "at least 0"),
+            ("local_size", self.local_size is None or self.local_size >= 1, "at least 1 (or null)"),
+            ("jitter_prob", 0 <= self.jitter_prob <= 1, "in [0, 1]"),
+            ("grayscale_prob", 0 <= self.grayscale_prob <= 1, "in [0, 1]"),
+            ("brightness", 0 <= self.brightness < math.inf, "a finite number, at least 0"),
+            ("contrast", 0 <= self.contrast < math.inf, "a finite number, at least 0"),
+            ("saturation", 0 <= self.saturation < math.inf, "a finite number, at least 0"),
+            ("hue", 0 <= self.hue <= 0.5 and finite(self.hue), "in [0, 0.5]"),
+            ("collapse_patience", self.collapse_patience >= 1, "at least 1"),
+        ]
+
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        check_limits("method", self, self.limits())
 
 
 def local_crop_size(img_size: int, patch_size: int) -> int:
@@ -173,6 +226,7 @@ class DINO(Method):
     config_class = DINOConfig
 
     def __init__(self, config: DINOConfig, encoder: VisionTransformer):
+        config.check()
         super().__init__(config, encoder)
         self.pool = config.pool
         self.head = self.make_head(encoder.embed_dim)
@@ -208,6 +262,11 @@ class DINO(Method):
         size = data_config.img_size
         patch = self.encoder.patch_embed.patch_size[0]
         local = c.local_size or local_crop_size(size, patch)
+        if local % patch or local > size:
+            raise ValueError(
+                f"method.local_size = {local}: local crops must be whole patches ({patch} px) "
+                f"and at most the image size ({size} px)"
+            )
 
         def view(crop, scale, blur, solarize):
             return augmented_view(crop, mean, std, view_augment(c, scale, blur, solarize))

@@ -7,6 +7,7 @@ teacher sees them whole, and the student's patch-token distributions at the mask
 trained to match the teacher's, with their own centre and temperatures.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,39 @@ class IBOTConfig(DINOConfig):
     lambda_patch: float = 1.0
     global_crop_scale: tuple[float, float] = (0.14, 1.0)
     local_crops: int = 10
+
+    def limits(self) -> list:
+        low, high = self.pred_ratio - self.pred_ratio_var, self.pred_ratio + self.pred_ratio_var
+        aspect = tuple(self.pred_aspect)
+        return super().limits() + [
+            ("patch_out_dim", self.patch_out_dim >= 1, "at least 1"),
+            (
+                "teacher_patch_temp",
+                0 < self.teacher_patch_temp < math.inf,
+                "a finite number above 0",
+            ),
+            (
+                "warmup_teacher_patch_temp",
+                0 < self.warmup_teacher_patch_temp < math.inf,
+                "a finite number above 0",
+            ),
+            ("center_momentum_patch", 0 <= self.center_momentum_patch <= 1, "in [0, 1]"),
+            ("pred_ratio", 0 <= self.pred_ratio <= 1, "in [0, 1]"),
+            (
+                "pred_ratio_var",
+                self.pred_ratio_var >= 0 and 0 <= low and high <= 1,
+                f"at least 0, with pred_ratio +- pred_ratio_var inside [0, 1] "
+                f"(pred_ratio is {self.pred_ratio})",
+            ),
+            ("mask_prob", 0 <= self.mask_prob <= 1, "in [0, 1]"),
+            (
+                "pred_aspect",
+                len(aspect) == 2 and 0 < aspect[0] <= aspect[1] < math.inf,
+                "[low, high], 0 < low <= high",
+            ),
+            ("lambda_cls", 0 <= self.lambda_cls < math.inf, "a finite number, at least 0"),
+            ("lambda_patch", 0 <= self.lambda_patch < math.inf, "a finite number, at least 0"),
+        ]
 
 
 def masked_patch_distill(

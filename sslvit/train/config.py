@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from sslvit.methods import method_config_class
+from sslvit.methods.base import check_limits
 
 
 @dataclass
@@ -99,9 +100,7 @@ class OptimConfig:
             ("weight_decay", self.weight_decay >= 0, "at least 0"),
             ("clip_grad", self.clip_grad >= 0, "at least 0 (0 = off)"),
         ]
-        for name, ok, rule in limits:
-            if not ok:
-                raise ValueError(f"optim.{name} = {getattr(self, name)}: must be {rule}")
+        check_limits("optim", self, limits)
 
 
 @dataclass
@@ -124,10 +123,12 @@ class RunConfig:
 
     def check(self) -> None:
         """Fail before any work on a count outside its range, naming the field."""
-        for name, least in (("log_every", 1), ("checkpoint_every", 0), ("stop_at_step", 0)):
-            if getattr(self, name) < least:
-                rule = f"at least {least}" + (" (0 = off)" if least == 0 else "")
-                raise ValueError(f"run.{name} = {getattr(self, name)}: must be {rule}")
+        limits = [
+            ("log_every", self.log_every >= 1, "at least 1"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "at least 0 (0 = off)"),
+            ("stop_at_step", self.stop_at_step >= 0, "at least 0 (0 = off)"),
+        ]
+        check_limits("run", self, limits)
 
 
 @dataclass

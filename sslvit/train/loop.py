@@ -449,11 +449,18 @@ class Trainer:
             return
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         term = f" (non-finite terms: {', '.join(bad)})" if bad else ""
-        kept = self.ckpt_path if self.ckpt_path.exists() else "none written yet"
+        if self.ckpt_path.exists():
+            then = (
+                f"the last good checkpoint ({self.ckpt_path}) is unchanged. Resume from it with "
+                "--resume, for example with --precision fp32"
+            )
+        else:
+            then = (
+                "no checkpoint was written yet. Run the same command again (without --resume), "
+                "for example with --precision fp32 or a lower --base-lr"
+            )
         raise NonFiniteLossError(
-            f"step {step + 1}: the loss is {loss.item()}{term} in {self.precision}; "
-            f"the last good checkpoint ({kept}) is unchanged. Resume with --resume, for "
-            "example with --set run.precision=fp32 or a lower optim.base_lr"
+            f"step {step + 1}: the loss is {loss.item()}{term} in {self.precision}; {then}"
         )
 
     def train(self) -> Path:
