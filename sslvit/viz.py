@@ -524,6 +524,10 @@ def _save(fig, out: str | Path) -> Path:
         raise ValueError(f"{out}: is a folder; give a file name, such as {out / 'figure.png'}")
     if not out.suffix:
         out = out.with_suffix(".png")
+    kinds = fig.canvas.get_supported_filetypes()
+    if out.suffix[1:].lower() not in kinds:
+        plt.close(fig)
+        raise ValueError(f"{out}: cannot write a {out.suffix} picture; use {', '.join(kinds)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -61,6 +61,8 @@ def test_show_recon(run_dir, digits_folder, tmp_path, capsys):
     assert (tmp_path / "pic.png").is_file()
     assert main([*args, "--out", str(tmp_path)]) == 2
     assert f"{tmp_path}: is a folder; give a file name" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "pic.xyz")]) == 2
+    assert "pic.xyz: cannot write a .xyz picture; use" in capsys.readouterr().err
     assert main([*args[:-1], "0", "--out", str(out)]) == 2
     assert "--n 0: the number of images must be at least 1" in capsys.readouterr().err
 
@@ -110,8 +112,9 @@ def test_resume_continues_the_folder_given_even_when_copied(
     assert main(["pretrain", "--out", str(copy), "--resume", "--set", "run.stop_at_stp=1"]) == 2
     assert "unknown field(s) stop_at_stp" in capsys.readouterr().err
     # a method setting is the run's own (checked against the run's method, not the default's)
-    assert main(["pretrain", "--out", str(copy), "--resume", "--set", "method.out_dim=9"]) == 2
-    assert "--set method.out_dim=9: only run.*" in capsys.readouterr().err
+    for item in ("method.out_dim=9", "run.seed=5"):
+        assert main(["pretrain", "--out", str(copy), "--resume", "--set", item]) == 2
+        assert f"--set {item}: only run.* (not run.seed or run.out)" in capsys.readouterr().err
     # ... and the fix it names works
     moved = ["--set", f"data.path={digits_folder}"]
     assert main(["pretrain", "--out", str(copy), "--resume", "--device", "cpu", *moved]) == 0

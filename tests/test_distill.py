@@ -162,13 +162,23 @@ def test_dino_and_ibot_settings_are_checked_before_any_work(method, fields, name
 
 @pytest.mark.parametrize("local_size", [10, 64])
 def test_local_crops_must_be_whole_patches_no_larger_than_the_image(local_size, tmp_path):
-    from sslvit.train.config import DataConfig
-
-    method = build_method(
-        DINOConfig(**SMALL, local_size=local_size), create_vit("vit_tiny", 32, 4, 3)
-    )
     with pytest.raises(ValueError, match=f"method.local_size = {local_size}: local crops"):
-        method.views_transform(DataConfig(img_size=32), [0.5] * 3, [0.2] * 3)
+        build_method(DINOConfig(**SMALL, local_size=local_size), create_vit("vit_tiny", 32, 4, 3))
+
+
+@pytest.mark.parametrize("name", ["dino", "byol"])
+def test_a_resumed_step_logs_the_momentum_an_unbroken_run_logs(name):
+    """The teacher momentum logged at step s is the one the step before left, also when the
+    method object is new (a resume)."""
+    from sslvit.methods.byol import BYOLConfig
+    from sslvit.methods.teacher import cosine_momentum
+
+    config = DINOConfig(**SMALL, local_crops=0) if name == "dino" else BYOLConfig()
+    method = build_method(config, create_vit("vit_tiny", 16, 4, 3))
+    method.start_step(7, 10, 5)
+    views = _views(n_local=0)
+    _, logs = method(views if name == "dino" else views[0:2])
+    assert logs["momentum"] == pytest.approx(cosine_momentum(7, 10, config.momentum))
 
 
 def test_block_masks_have_the_exact_count():

@@ -107,9 +107,17 @@ def test_crash_while_saving_keeps_the_good_checkpoint(digits_folder, tmp_path, m
     assert load_checkpoint(ckpt)["step"] == 2
 
 
-def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits_folder, tmp_path):
+@pytest.mark.parametrize(
+    "precision,advice",
+    [("bf16", "Resume from it with --resume"), ("fp32", "start again in a new --out with a lower")],
+)
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(
+    digits_folder, tmp_path, precision, advice
+):
     out = tmp_path / "r"
-    trainer = Trainer(tiny_config(digits_folder, out, checkpoint_every=1))
+    config = tiny_config(digits_folder, out, checkpoint_every=1)
+    config.run.precision = precision
+    trainer = Trainer(config)
     real_forward = trainer.method.forward
     calls = {"n": 0}
 
@@ -122,7 +130,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(digits_folder, tmp
     with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan") as err:
         trainer.train()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
-    assert "Resume from it with --resume" in str(err.value)
+    assert advice in str(err.value)
 
 
 def test_non_finite_loss_before_any_checkpoint_says_to_run_again(digits_folder, tmp_path):

@@ -40,10 +40,10 @@ def build_config(args: argparse.Namespace):
         # images now are (the same images, moved)
         allowed = ("run.", "data.workers=", "data.path=")
         for item in args.set:
-            if not item.startswith(allowed) or item.startswith("run.out="):
+            if not item.startswith(allowed) or item.startswith(("run.out=", "run.seed=")):
                 raise ValueError(
-                    f"--set {item}: only run.*, data.workers and data.path (the same images, "
-                    "moved) can change on resume"
+                    f"--set {item}: only run.* (not run.seed or run.out), data.workers and "
+                    "data.path (the same images, moved) can change on resume"
                 )
         fixed = {
             "--config": args.config,

@@ -12,7 +12,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     needs = {"recon": "encoder", "attention": "encoder", "embedding": "features", "curves": "run"}
     if getattr(args, needs[args.what]) is None:
         raise ValueError(f"show {args.what} needs --{needs[args.what]}")
-    if args.n < 1:
+    if args.what in ("recon", "attention") and args.n < 1:
         raise ValueError(f"--n {args.n}: the number of images must be at least 1")
     if args.out and args.data:
         check_out_outside(args.out, args.data)

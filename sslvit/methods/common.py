@@ -260,6 +260,13 @@ class MomentumTwoViewMethod(TwoViewMethod):
         t = self.teacher.net
         return t["head"](self.features(images, t["encoder"]))
 
+    def start_step(
+        self, step: int, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0
+    ) -> None:
+        super().start_step(step, total_steps, steps_per_epoch, warmup_steps)
+        # the momentum this step is logged with (the previous step's update; right on resume)
+        self.momentum = cosine_momentum(step, total_steps, self.config.momentum)
+
     def after_step(self, step: int, total_steps: int) -> None:
         self.momentum = cosine_momentum(step + 1, total_steps, self.config.momentum)
         self.teacher.update(self._student(), self.momentum)

@@ -227,6 +227,12 @@ class DINO(Method):
 
     def __init__(self, config: DINOConfig, encoder: VisionTransformer):
         config.check()
+        size, patch = encoder.patch_embed.img_size[0], encoder.patch_embed.patch_size[0]
+        if config.local_size and (config.local_size % patch or config.local_size > size):
+            raise ValueError(
+                f"method.local_size = {config.local_size}: local crops must be whole patches "
+                f"({patch} px) and at most the image size ({size} px)"
+            )
         super().__init__(config, encoder)
         self.pool = config.pool
         self.head = self.make_head(encoder.embed_dim)
@@ -262,11 +268,6 @@ class DINO(Method):
         size = data_config.img_size
         patch = self.encoder.patch_embed.patch_size[0]
         local = c.local_size or local_crop_size(size, patch)
-        if local % patch or local > size:
-            raise ValueError(
-                f"method.local_size = {local}: local crops must be whole patches ({patch} px) "
-                f"and at most the image size ({size} px)"
-            )
 
         def view(crop, scale, blur, solarize):
             return augmented_view(crop, mean, std, view_augment(c, scale, blur, solarize))
@@ -284,6 +285,8 @@ class DINO(Method):
         self.epoch = step / steps_per_epoch
         self.total_steps = total_steps
         self.monitor.judging = step >= warmup_steps
+        # the momentum this step is logged with (the previous step's update; right on resume)
+        self.momentum = cosine_momentum(step, total_steps, self.config.momentum)
 
     def teacher_temp(self) -> float:
         c = self.config

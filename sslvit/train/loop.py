@@ -449,10 +449,16 @@ class Trainer:
             return
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         term = f" (non-finite terms: {', '.join(bad)})" if bad else ""
-        if self.ckpt_path.exists():
+        if self.ckpt_path.exists() and self.precision != "fp32":
             then = (
                 f"the last good checkpoint ({self.ckpt_path}) is unchanged. Resume from it with "
                 "--resume, for example with --precision fp32"
+            )
+        elif self.ckpt_path.exists():
+            then = (
+                f"the last good checkpoint ({self.ckpt_path}) is unchanged, but the run is in "
+                "fp32 already and its learning rate is fixed: start again in a new --out with "
+                "a lower --base-lr (or a longer warm-up)"
             )
         else:
             then = (
