@@ -128,6 +128,30 @@ def test_heads_run_one_image_in_eval_mode():
         head(torch.randn(1, 16))
 
 
+@pytest.mark.parametrize(
+    "method,field,value",
+    [
+        ("simclr", "crop_scale", (1.0, 0.4)),
+        ("byol", "blur_prob", (1.5, 0.1)),
+        ("mocov3", "hue", 0.7),
+        ("simsiam", "pool", "max"),
+    ],
+)
+def test_two_view_settings_are_checked_before_any_work(method, field, value):
+    config = method_config_class(method)(**{field: value})
+    with pytest.raises(ValueError, match=f"method.{field} = "):
+        build_method(config, create_vit("vit_tiny", 16, 4, 3))
+
+
+@pytest.mark.parametrize("name", ["simclr", "mocov3", "byol", "simsiam", "dino", "ibot"])
+def test_the_recipes_pass_their_own_checks(name):
+    from importlib import resources
+
+    from sslvit.train.config import load_config
+
+    load_config(resources.files("sslvit") / "recipes" / f"{name}.yaml").method.check()
+
+
 def test_a_batch_of_one_is_a_clear_error():
     method = build_method(method_config_class("simsiam")(), create_vit("vit_tiny", 16, 4, 3))
     x = torch.randn(1, 3, 16, 16)

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.data.views import MultiView, ViewAugment, augmented_view
-from sslvit.methods.base import Method
+from sslvit.methods.base import Method, check_limits, unit_range
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.vit import pooled_features
 
@@ -171,6 +171,38 @@ class TwoViewConfig:
     collapse_threshold: float = 0.25
     collapse_patience: int = 20
 
+    def limits(self) -> list:
+        """`(field, ok, rule)` for every field with a range (see `check`)."""
+        return augment_limits(self) + [
+            ("crop_scale", unit_range(self.crop_scale), "[low, high], 0 < low <= high <= 1"),
+            ("blur_prob", probabilities(self.blur_prob), "two probabilities in [0, 1]"),
+            ("solarize_prob", probabilities(self.solarize_prob), "two probabilities in [0, 1]"),
+            ("collapse_threshold", 0 <= self.collapse_threshold < math.inf, "at least 0"),
+        ]
+
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        check_limits("method", self, self.limits())
+
+
+def probabilities(values) -> bool:
+    return len(values) == 2 and all(0 <= v <= 1 for v in values)
+
+
+def augment_limits(config) -> list:
+    """The ranges of the pooling, colour and monitor fields that the two-view and multi-crop
+    configs share (see `view_augment`)."""
+    return [
+        ("pool", config.pool in ("cls", "mean"), "cls or mean"),
+        ("jitter_prob", 0 <= config.jitter_prob <= 1, "in [0, 1]"),
+        ("grayscale_prob", 0 <= config.grayscale_prob <= 1, "in [0, 1]"),
+        ("brightness", 0 <= config.brightness < math.inf, "a finite number, at least 0"),
+        ("contrast", 0 <= config.contrast < math.inf, "a finite number, at least 0"),
+        ("saturation", 0 <= config.saturation < math.inf, "a finite number, at least 0"),
+        ("hue", 0 <= config.hue <= 0.5, "in [0, 0.5]"),
+        ("collapse_patience", config.collapse_patience >= 1, "at least 1"),
+    ]
+
 
 def view_augment(config, crop_scale, blur_prob: float, solarize_prob: float) -> ViewAugment:
     """One view's `ViewAugment` from a method config's flip and colour fields."""
@@ -216,6 +248,7 @@ class TwoViewMethod(Method):
     watched = "projector output"
 
     def __init__(self, config: TwoViewConfig, encoder: VisionTransformer):
+        config.check()
         super().__init__(config, encoder)
         self.pool = config.pool
         if config.freeze_patch_embed:

@@ -19,7 +19,12 @@ from torch import nn
 
 from sslvit.data.views import MultiView, augmented_view
 from sslvit.methods.base import Method, check_limits, unit_range
-from sslvit.methods.common import CollapseMonitor, all_reduce_mean_, view_augment
+from sslvit.methods.common import (
+    CollapseMonitor,
+    all_reduce_mean_,
+    augment_limits,
+    view_augment,
+)
 from sslvit.methods.registry import register
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.heads import DINOHead
@@ -70,9 +75,7 @@ class DINOConfig:
 
     def limits(self) -> list:
         """`(field, ok, rule)` for every field with a range (see `check`)."""
-        finite = math.isfinite
-        return [
-            ("pool", self.pool in ("cls", "mean"), "cls or mean"),
+        return augment_limits(self) + [
             ("out_dim", self.out_dim >= 1, "at least 1"),
             ("hidden_dim", self.hidden_dim >= 1, "at least 1"),
             ("bottleneck_dim", self.bottleneck_dim >= 1, "at least 1"),
@@ -108,13 +111,6 @@ class DINOConfig:
             ),
             ("local_crops", self.local_crops >= 0, "at least 0"),
             ("local_size", self.local_size is None or self.local_size >= 1, "at least 1 (or null)"),
-            ("jitter_prob", 0 <= self.jitter_prob <= 1, "in [0, 1]"),
-            ("grayscale_prob", 0 <= self.grayscale_prob <= 1, "in [0, 1]"),
-            ("brightness", 0 <= self.brightness < math.inf, "a finite number, at least 0"),
-            ("contrast", 0 <= self.contrast < math.inf, "a finite number, at least 0"),
-            ("saturation", 0 <= self.saturation < math.inf, "a finite number, at least 0"),
-            ("hue", 0 <= self.hue <= 0.5 and finite(self.hue), "in [0, 0.5]"),
-            ("collapse_patience", self.collapse_patience >= 1, "at least 1"),
         ]
 
     def check(self) -> None:
