@@ -212,3 +212,23 @@ def test_an_unknown_device_is_a_clear_error(name):
     with pytest.raises(ValueError, match=f"--device {name}: choose auto, cpu, cuda or cuda:N"):
         resolve_device(name)
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_a_checkpoint_write_holds_interrupts_but_keeps_an_ignored_one_ignored():
+    import os
+    import signal
+
+    from sslvit.train.checkpoint import _interrupts_deferred
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt):
+            with _interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # held until the write is done
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started with nohup or &
+        with _interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

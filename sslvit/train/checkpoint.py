@@ -57,7 +57,8 @@ def _interrupts_deferred():
         yield
         return
     received = []
-    held = (signal.SIGINT, signal.SIGTERM)
+    # a signal the program ignores (a job started with `nohup` or `&`) stays ignored
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
     try:
         yield

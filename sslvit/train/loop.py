@@ -458,12 +458,13 @@ class Trainer:
             then = (
                 f"the last good checkpoint ({self.ckpt_path}) is unchanged, but the run is in "
                 "fp32 already and its learning rate is fixed: start again in a new --out with "
-                "a lower --base-lr (or a longer warm-up)"
+                f"a lower --base-lr (this run's: {self.config.optim.base_lr:g})"
             )
         else:
             then = (
                 "no checkpoint was written yet. Run the same command again (without --resume), "
-                "for example with --precision fp32 or a lower --base-lr"
+                "for example with --precision fp32 or a lower --base-lr (this run's: "
+                f"{self.config.optim.base_lr:g})"
             )
         raise NonFiniteLossError(
             f"step {step + 1}: the loss is {loss.item()}{term} in {self.precision}; {then}"
