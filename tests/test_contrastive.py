@@ -135,15 +135,22 @@ def test_heads_run_one_image_in_eval_mode():
         ("byol", "blur_prob", (1.5, 0.1)),
         ("mocov3", "hue", 0.7),
         ("simsiam", "pool", "max"),
+        ("mae", "mask_ratio", 1.0),
+        ("mae", "decoder_depth", 0),
+        ("maskfeat", "mask_ratio", 0.0),
+        ("maskfeat", "hog_bins", 0),
+        ("maskfeat", "mask_aspect", (3.0, 0.3)),
     ],
 )
-def test_two_view_settings_are_checked_before_any_work(method, field, value):
+def test_method_settings_are_checked_before_any_work(method, field, value):
     config = method_config_class(method)(**{field: value})
     with pytest.raises(ValueError, match=f"method.{field} = "):
         build_method(config, create_vit("vit_tiny", 16, 4, 3))
 
 
-@pytest.mark.parametrize("name", ["simclr", "mocov3", "byol", "simsiam", "dino", "ibot"])
+@pytest.mark.parametrize(
+    "name", ["mae", "mae_tiny32", "simclr", "mocov3", "byol", "simsiam", "dino", "ibot", "maskfeat"]
+)
 def test_the_recipes_pass_their_own_checks(name):
     from importlib import resources
 

@@ -12,7 +12,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from sslvit.methods.base import Method
+from sslvit.methods.base import Method, check_limits
 from sslvit.methods.common import CollapseMonitor
 from sslvit.methods.registry import register
 from sslvit.models.band_groups import band_groups_of
@@ -36,6 +36,17 @@ class MAEConfig:
     decoder_depth: int | None = None
     decoder_num_heads: int | None = None
     pool: str = "cls"
+
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        sizes = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+        check_limits(
+            "method",
+            self,
+            [("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)")]
+            + [(n, getattr(self, n) is None or getattr(self, n) >= 1, "at least 1") for n in sizes]
+            + [("pool", self.pool in ("cls", "mean"), "cls or mean")],
+        )
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -175,9 +186,8 @@ class MAE(Method):
     keeps_invalid_pixels = True
 
     def __init__(self, config: MAEConfig, encoder: VisionTransformer):
+        config.check()
         super().__init__(config, encoder)
-        if not 0.0 <= config.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {config.mask_ratio}")
         self.pool = config.pool
         self.patch_size = encoder.patch_embed.patch_size[0]
         self.grid = tuple(encoder.patch_embed.grid_size)

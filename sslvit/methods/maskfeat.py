@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sslvit.methods.base import Method
+from sslvit.methods.base import Method, check_limits
 from sslvit.methods.common import CollapseMonitor, all_reduce_mean_
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
@@ -45,6 +45,30 @@ class MaskFeatConfig:
     mask_aspect: tuple[float, float] = (0.3, 1 / 0.3)
     hog_bins: int = 9
     cell_size: int | None = None
+
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        aspect = tuple(self.mask_aspect)
+        check_limits(
+            "method",
+            self,
+            [
+                ("pool", self.pool in ("cls", "mean"), "cls or mean"),
+                ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+                ("min_block", self.min_block >= 1, "at least 1"),
+                (
+                    "mask_aspect",
+                    len(aspect) == 2 and 0 < aspect[0] <= aspect[1] < math.inf,
+                    "[low, high], 0 < low <= high",
+                ),
+                ("hog_bins", self.hog_bins >= 1, "at least 1"),
+                (
+                    "cell_size",
+                    self.cell_size is None or self.cell_size >= 1,
+                    "at least 1 (or null)",
+                ),
+            ],
+        )
 
 
 # Smallest default cell side: a histogram of 9 bins over fewer than 4x4 gradients is mostly
@@ -139,9 +163,8 @@ class MaskFeat(Method):
     config_class = MaskFeatConfig
 
     def __init__(self, config: MaskFeatConfig, encoder: VisionTransformer):
+        config.check()
         super().__init__(config, encoder)
-        if not 0.0 < config.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio}")
         self.pool = config.pool
         self.patch_size = encoder.patch_embed.patch_size[0]
         self.cell_size = config.cell_size or default_cell_size(self.patch_size)
