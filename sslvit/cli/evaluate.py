@@ -4,11 +4,11 @@ import argparse
 import json
 import logging
 import re
-from pathlib import Path
 
 from sslvit.cli.options import (
     BANDS_HELP,
     add_reader_options,
+    encoder_folder,
     image_size,
     label_budget,
     label_budgets,
@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     given = [flag for dest, flag in args.efficiency_only.items() if getattr(args, dest) is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: only for `sslvit eval efficiency`")
-    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
+    run_dir = encoder_folder(args.encoder)
     check_out_outside(
         run_dir, args.data, args.test_data, what="the encoder's folder, where the results go,"
     )
@@ -110,7 +110,7 @@ def _eval_efficiency(args: argparse.Namespace) -> None:
     from sslvit.evaluate.efficiency import EfficiencyConfig, label_efficiency
     from sslvit.evaluate.efficiency_report import print_table
 
-    run_dir = Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
+    run_dir = encoder_folder(args.encoder)
     check_out_outside(
         args.out or run_dir,
         args.data,

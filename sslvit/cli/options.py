@@ -13,6 +13,12 @@ BANDS_HELP = (
 )
 
 
+def encoder_folder(encoder: str) -> Path:
+    """Where an encoder's results go: the run folder given, or the folder of a weights file."""
+    path = Path(encoder)
+    return path if path.is_dir() else path.parent
+
+
 def image_size(text: str) -> int | tuple[int, int]:
     """An image size: "32" (square) or "32x48" (height x width)."""
     try:

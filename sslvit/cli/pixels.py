@@ -4,6 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from sslvit.cli.options import encoder_folder
 from sslvit.models import MODELS
 
 log = logging.getLogger("sslvit")
@@ -80,10 +81,7 @@ def eval_pixels(args: argparse.Namespace) -> None:
     else:
         encoder, info = load_encoder(args.encoder, device)
         cube = cube_bands(cube, args.bands, info.bands)
-        encoder_dir = (
-            Path(args.encoder) if Path(args.encoder).is_dir() else Path(args.encoder).parent
-        )
-        run_dir = Path(args.out) if args.out else encoder_dir
+        run_dir = Path(args.out) if args.out else encoder_folder(args.encoder)
     features = window_features(encoder, info, cube, truth, window, args.pool, device)
     result, predicted, train_mask = classify_pixels(features, spec, args.seed)
     result.update(encoder=str(args.encoder), cube=args.cube, gt=args.gt)

@@ -1,5 +1,7 @@
 """What every pretraining method provides to the training loop."""
 
+import math
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -17,9 +19,34 @@ def check_limits(section: str, config, limits) -> None:
             raise ValueError(f"{section}.{name} = {getattr(config, name)}: must be {rule}")
 
 
-def unit_range(pair) -> bool:
-    """A (low, high) range inside (0, 1], such as a crop's area scale."""
-    return len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1
+class CheckedConfig:
+    """Base of a method's config dataclass: `limits()` lists `(field, ok, rule)` for its fields
+    with a range, and `check()` fails on the first one broken, before any work."""
+
+    def limits(self) -> list:
+        return []
+
+    def check(self) -> None:
+        check_limits("method", self, self.limits())
+
+
+def pool_limit(config) -> tuple:
+    """The `pool` field: the feature the probes and exports read."""
+    return ("pool", config.pool in ("cls", "mean"), "cls or mean")
+
+
+def scale_limit(config, name: str) -> tuple:
+    """A (low, high) area-scale field inside (0, 1], such as a crop scale."""
+    pair = tuple(getattr(config, name))
+    ok = len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1
+    return (name, ok, "[low, high], 0 < low <= high <= 1")
+
+
+def aspect_limit(config, name: str) -> tuple:
+    """A (low, high) aspect-ratio field, such as a block mask's."""
+    pair = tuple(getattr(config, name))
+    ok = len(pair) == 2 and 0 < pair[0] <= pair[1] < math.inf
+    return (name, ok, "[low, high], 0 < low <= high")
 
 
 class Method(nn.Module):

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.data.views import MultiView, ViewAugment, augmented_view
-from sslvit.methods.base import Method, check_limits, unit_range
+from sslvit.methods.base import CheckedConfig, Method, pool_limit, scale_limit
 from sslvit.methods.teacher import EMATeacher, cosine_momentum
 from sslvit.models.vit import pooled_features
 
@@ -142,7 +142,7 @@ class CollapseMonitor:
 
 
 @dataclass
-class TwoViewConfig:
+class TwoViewConfig(CheckedConfig):
     """Settings every two-view method shares: its two views' augmentations and pooling.
 
     `*_prob` pairs give the probability for view 1 and view 2 (BYOL's asymmetric blur and
@@ -174,15 +174,11 @@ class TwoViewConfig:
     def limits(self) -> list:
         """`(field, ok, rule)` for every field with a range (see `check`)."""
         return augment_limits(self) + [
-            ("crop_scale", unit_range(self.crop_scale), "[low, high], 0 < low <= high <= 1"),
+            scale_limit(self, "crop_scale"),
             ("blur_prob", probabilities(self.blur_prob), "two probabilities in [0, 1]"),
             ("solarize_prob", probabilities(self.solarize_prob), "two probabilities in [0, 1]"),
             ("collapse_threshold", 0 <= self.collapse_threshold < math.inf, "at least 0"),
         ]
-
-    def check(self) -> None:
-        """Fail before any work on a value outside its range, naming the field."""
-        check_limits("method", self, self.limits())
 
 
 def probabilities(values) -> bool:
@@ -193,7 +189,7 @@ def augment_limits(config) -> list:
     """The ranges of the pooling, colour and monitor fields that the two-view and multi-crop
     configs share (see `view_augment`)."""
     return [
-        ("pool", config.pool in ("cls", "mean"), "cls or mean"),
+        pool_limit(config),
         ("jitter_prob", 0 <= config.jitter_prob <= 1, "in [0, 1]"),
         ("grayscale_prob", 0 <= config.grayscale_prob <= 1, "in [0, 1]"),
         ("brightness", 0 <= config.brightness < math.inf, "a finite number, at least 0"),

@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslvit.data.views import MultiView, augmented_view
-from sslvit.methods.base import Method, check_limits, unit_range
+from sslvit.methods.base import CheckedConfig, Method, scale_limit
 from sslvit.methods.common import (
     CollapseMonitor,
     all_reduce_mean_,
@@ -34,7 +34,7 @@ log = logging.getLogger("sslvit")
 
 
 @dataclass
-class DINOConfig:
+class DINOConfig(CheckedConfig):
     """DINO's ViT defaults (the paper's ViT-S/16 recipe).
 
     Crops: 2 global crops of the training size (scale 0.4-1) and `local_crops` local crops
@@ -99,23 +99,11 @@ class DINOConfig:
                 0 <= self.freeze_last_layer_epochs < math.inf,
                 "a finite number, at least 0",
             ),
-            (
-                "global_crop_scale",
-                unit_range(self.global_crop_scale),
-                "[low, high], 0 < low <= high <= 1",
-            ),
-            (
-                "local_crop_scale",
-                unit_range(self.local_crop_scale),
-                "[low, high], 0 < low <= high <= 1",
-            ),
+            scale_limit(self, "global_crop_scale"),
+            scale_limit(self, "local_crop_scale"),
             ("local_crops", self.local_crops >= 0, "at least 0"),
             ("local_size", self.local_size is None or self.local_size >= 1, "at least 1 (or null)"),
         ]
-
-    def check(self) -> None:
-        """Fail before any work on a value outside its range, naming the field."""
-        check_limits("method", self, self.limits())
 
 
 def local_crop_size(img_size: int, patch_size: int) -> int:

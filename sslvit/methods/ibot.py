@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from sslvit.methods.base import aspect_limit
 from sslvit.methods.common import all_reduce_mean_
 from sslvit.methods.dino import DINO, DINOConfig, dino_loss, linear_ramp
 from sslvit.methods.masking import block_masks
@@ -49,7 +50,6 @@ class IBOTConfig(DINOConfig):
 
     def limits(self) -> list:
         low, high = self.pred_ratio - self.pred_ratio_var, self.pred_ratio + self.pred_ratio_var
-        aspect = tuple(self.pred_aspect)
         return super().limits() + [
             ("patch_out_dim", self.patch_out_dim >= 1, "at least 1"),
             (
@@ -71,11 +71,7 @@ class IBOTConfig(DINOConfig):
                 f"(pred_ratio is {self.pred_ratio})",
             ),
             ("mask_prob", 0 <= self.mask_prob <= 1, "in [0, 1]"),
-            (
-                "pred_aspect",
-                len(aspect) == 2 and 0 < aspect[0] <= aspect[1] < math.inf,
-                "[low, high], 0 < low <= high",
-            ),
+            aspect_limit(self, "pred_aspect"),
             ("lambda_cls", 0 <= self.lambda_cls < math.inf, "a finite number, at least 0"),
             ("lambda_patch", 0 <= self.lambda_patch < math.inf, "a finite number, at least 0"),
         ]

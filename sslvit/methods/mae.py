@@ -12,7 +12,7 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from sslvit.methods.base import Method, check_limits
+from sslvit.methods.base import CheckedConfig, Method, pool_limit
 from sslvit.methods.common import CollapseMonitor
 from sslvit.methods.registry import register
 from sslvit.models.band_groups import band_groups_of
@@ -20,7 +20,7 @@ from sslvit.models.pos_embed import sincos_2d
 
 
 @dataclass
-class MAEConfig:
+class MAEConfig(CheckedConfig):
     """MAE settings; defaults follow the paper except the decoder size.
 
     `decoder_embed_dim`/`decoder_depth` left as None pick the paper's 512 wide, 8 deep decoder
@@ -37,16 +37,13 @@ class MAEConfig:
     decoder_num_heads: int | None = None
     pool: str = "cls"
 
-    def check(self) -> None:
-        """Fail before any work on a value outside its range, naming the field."""
+    def limits(self) -> list:
         sizes = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
-        check_limits(
-            "method",
-            self,
-            [("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)")]
-            + [(n, getattr(self, n) is None or getattr(self, n) >= 1, "at least 1") for n in sizes]
-            + [("pool", self.pool in ("cls", "mean"), "cls or mean")],
-        )
+        return [
+            pool_limit(self),
+            ("mask_ratio", 0 <= self.mask_ratio < 1, "in [0, 1)"),
+            *[(n, getattr(self, n) is None or getattr(self, n) >= 1, "at least 1") for n in sizes],
+        ]
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

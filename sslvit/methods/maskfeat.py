@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sslvit.methods.base import Method, check_limits
+from sslvit.methods.base import CheckedConfig, Method, aspect_limit, pool_limit
 from sslvit.methods.common import CollapseMonitor, all_reduce_mean_
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
@@ -28,7 +28,7 @@ from sslvit.models.vit import forward_tokens, pool_tokens
 
 
 @dataclass
-class MaskFeatConfig:
+class MaskFeatConfig(CheckedConfig):
     """MaskFeat's ViT defaults: block-wise masking of 40 %, HOG with 9 bins and cells of half
     the patch side. `cell_size` None scales the paper's 8 px cells with the patch size, down to
     `MIN_CELL` px: below that one cell covers the whole patch (see `default_cell_size`).
@@ -46,29 +46,15 @@ class MaskFeatConfig:
     hog_bins: int = 9
     cell_size: int | None = None
 
-    def check(self) -> None:
-        """Fail before any work on a value outside its range, naming the field."""
-        aspect = tuple(self.mask_aspect)
-        check_limits(
-            "method",
-            self,
-            [
-                ("pool", self.pool in ("cls", "mean"), "cls or mean"),
-                ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
-                ("min_block", self.min_block >= 1, "at least 1"),
-                (
-                    "mask_aspect",
-                    len(aspect) == 2 and 0 < aspect[0] <= aspect[1] < math.inf,
-                    "[low, high], 0 < low <= high",
-                ),
-                ("hog_bins", self.hog_bins >= 1, "at least 1"),
-                (
-                    "cell_size",
-                    self.cell_size is None or self.cell_size >= 1,
-                    "at least 1 (or null)",
-                ),
-            ],
-        )
+    def limits(self) -> list:
+        return [
+            pool_limit(self),
+            ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+            ("min_block", self.min_block >= 1, "at least 1"),
+            aspect_limit(self, "mask_aspect"),
+            ("hog_bins", self.hog_bins >= 1, "at least 1"),
+            ("cell_size", self.cell_size is None or self.cell_size >= 1, "at least 1 (or null)"),
+        ]
 
 
 # Smallest default cell side: a histogram of 9 bins over fewer than 4x4 gradients is mostly
