@@ -133,6 +133,20 @@ def test_head_on_selected_rows_equals_the_full_head_there(batch_norm):
     assert torch.allclose(head(x, select=select), head(x)[select], atol=1e-6)
 
 
+@pytest.mark.parametrize("fields", [{"mask_prob": 0.0}, {"pred_ratio": 0.0, "pred_ratio_var": 0.0}])
+def test_ibot_that_masks_nothing_says_it_trains_as_dino(fields, caplog):
+    config = IBOTConfig(**{**SMALL, "patch_out_dim": SMALL["out_dim"], **fields})
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        build_method(config, create_vit("vit_tiny", 16, 4, 3))
+    assert any("masks no patch" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        build_method(
+            IBOTConfig(**{**SMALL, "patch_out_dim": 128}), create_vit("vit_tiny", 16, 4, 3)
+        )
+    assert not caplog.records
+
+
 @pytest.mark.parametrize(
     "method,fields,named",
     [

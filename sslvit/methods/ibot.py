@@ -7,6 +7,7 @@ teacher sees them whole, and the student's patch-token distributions at the mask
 trained to match the teacher's, with their own centre and temperatures.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
 from sslvit.models.heads import DINOHead
 from sslvit.models.vit import forward_tokens
+
+log = logging.getLogger("sslvit")
 
 
 @dataclass
@@ -118,6 +121,14 @@ class IBOT(DINO):
         super().__init__(config, encoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         self.register_buffer("center_patch", torch.zeros(1, 1, config.patch_out_dim))
+        if config.mask_prob == 0 or config.pred_ratio + config.pred_ratio_var == 0:
+            log.warning(
+                "iBOT with method.mask_prob %g and method.pred_ratio %g +- %g masks no patch: "
+                "the patch loss is 0 and this run trains as DINO",
+                config.mask_prob,
+                config.pred_ratio,
+                config.pred_ratio_var,
+            )
 
     def make_head(self, in_dim: int) -> nn.Module:
         cls_head = super().make_head(in_dim)
