@@ -436,3 +436,32 @@ def test_warnings_are_tagged_in_the_log_and_progress_lines_are_not():
 
     assert line(logging.INFO, "step 1/2").split(" ", 1)[1] == "step 1/2"
     assert line(logging.WARNING, "collapse: x").split(" ", 1)[1] == "WARNING collapse: x"
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(
+    digits_folder, tmp_path, monkeypatch, capsys
+):
+    """torch's writer reports a full disk as `RuntimeError: ... unexpected pos`; the user sees
+    which file, why, that the earlier checkpoint is intact and how to go on."""
+    import errno
+
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(digits_folder), "--out", str(out), *TINY]
+    assert main([*args, "--set", "run.stop_at_step=2", "--set", "run.checkpoint_every=1"]) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    good = ckpt.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:  # as torch does: the OSError only as the context
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")  # noqa: B904
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"could not write the checkpoint {ckpt} (No space left on device)" in err
+    assert "free some space" in err and f"continue with --out {out} --resume" in err
+    assert ckpt.read_bytes() == good
+    assert not list(ckpt.parent.glob("*.tmp"))

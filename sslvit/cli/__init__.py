@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_TaggedFormatter())
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler])
-    from sslvit.train.checkpoint import Terminated, raise_terminated
+    from sslvit.train.checkpoint import CheckpointWriteError, Terminated, raise_terminated
     from sslvit.train.loop import NonFiniteLossError
 
     # `kill` or a job scheduler stops a run the way Ctrl-C does: checkpoints finish writing,
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NonFiniteLossError as err:
         print(f"sslvit: stopped: {err}", file=sys.stderr)
+        return 1
+    except CheckpointWriteError as err:
+        print(f"sslvit: stopped: {err}; {_after_interrupt(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)

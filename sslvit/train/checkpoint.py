@@ -1,6 +1,7 @@
 """Atomic checkpoints and the random-number state that exact resume needs."""
 
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -19,6 +20,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     The state goes to a temporary file in the same folder, is flushed to disk, and only then
     replaces `path` in one rename. A Ctrl-C during the write is held until the checkpoint is
     complete, then raised as usual.
+
+    Raises:
+        CheckpointWriteError: the write failed (a full disk, a folder without write access);
+            `path` is as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,9 +35,33 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos")
+            raise CheckpointWriteError(path, err) from err
         finally:
             # a failed write (a full disk, a kill) leaves no half-written file behind
             tmp.unlink(missing_ok=True)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the one at the same path before is unchanged."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        os_error = cause
+        while os_error is not None and not isinstance(os_error, OSError):
+            os_error = os_error.__cause__ or os_error.__context__
+        code = getattr(os_error, "errno", None)
+        reason = (os_error.strerror if os_error is not None else None) or str(cause)
+        reason = reason.strip().splitlines()[0] if reason.strip() else type(cause).__name__
+        hint = "; free some space on that disk" if code in (errno.ENOSPC, errno.EDQUOT) else ""
+        super().__init__(
+            code,
+            f"could not write the checkpoint {path} ({reason}); the checkpoint there before, "
+            f"if any, is unchanged{hint}",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 class Terminated(KeyboardInterrupt):
