@@ -465,3 +465,17 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(
     assert "free some space" in err and f"continue with --out {out} --resume" in err
     assert ckpt.read_bytes() == good
     assert not list(ckpt.parent.glob("*.tmp"))
+
+
+def test_a_run_without_out_goes_to_runs_method_and_resume_needs_out(
+    digits_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    tiny = [*TINY[: TINY.index("--set")], "--set", "run.stop_at_step=1"]
+    args = ["pretrain", "--data", str(digits_folder), "--method", "simsiam", *tiny]
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "simsiam" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "runs" / "mae").exists()
+    capsys.readouterr()
+    assert main(["pretrain", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err

@@ -32,7 +32,12 @@ def build_config(args: argparse.Namespace):
     from sslvit.train.config import Config, apply_overrides, load_config
 
     if args.resume:
-        out = args.out or Config().run.out
+        if not args.out:
+            raise ValueError(
+                "--resume needs --out, the run folder to continue (a run started without --out "
+                "is in runs/METHOD, e.g. runs/mae)"
+            )
+        out = args.out
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"{saved}: nothing to resume (no config.yaml in --out)")
@@ -100,7 +105,11 @@ def build_config(args: argparse.Namespace):
         named["data.img_size"] = 28 if args.img_size is None else args.img_size
         named["model.patch_size"] = 4 if args.patch_size is None else args.patch_size
     items = [f"{k}={json.dumps(v)}" for k, v in named.items() if v is not None]
-    return apply_overrides(config, items + list(args.set))
+    config = apply_overrides(config, items + list(args.set))
+    if config.run.out == Config().run.out:
+        # no folder chosen anywhere: one per method, so a DINO run does not land in runs/mae
+        config.run.out = f"runs/{config.method.name}"
+    return config
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -109,6 +118,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from sslvit.viz import recon_figure
 
     config = build_config(args)
+    args.out = config.run.out  # where a stopped run's message points
     try:
         trainer = Trainer(config, resume=args.resume)
     except (ValueError, FileNotFoundError) as err:
@@ -166,7 +176,9 @@ def add_pretrain(sub) -> None:
     )
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable file")
     p.add_argument("--bands", help=BANDS_HELP + "; default: every band")
-    p.add_argument("--out", help="run folder (default runs/mae)")
+    p.add_argument(
+        "--out", help="run folder (default runs/METHOD); with --resume, the run to continue"
+    )
     p.add_argument("--seed", type=int, help="seed of weights, data order, crops and masks")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument(
