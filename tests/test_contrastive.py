@@ -140,12 +140,23 @@ def test_heads_run_one_image_in_eval_mode():
         ("maskfeat", "mask_ratio", 0.0),
         ("maskfeat", "hog_bins", 0),
         ("maskfeat", "mask_aspect", (3.0, 0.3)),
+        ("maskfeat", "cell_size", 3),
+        ("maskfeat", "min_block", 17),
     ],
 )
 def test_method_settings_are_checked_before_any_work(method, field, value):
     config = method_config_class(method)(**{field: value})
     with pytest.raises(ValueError, match=f"method.{field} = "):
         build_method(config, create_vit("vit_tiny", 16, 4, 3))
+
+
+def test_maskfeat_read_from_its_untrained_class_token_says_so(caplog):
+    for pool, warned in (("cls", True), ("mean", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sslvit"):
+            config = method_config_class("maskfeat")(pool=pool)
+            build_method(config, create_vit("vit_tiny", 16, 4, 3))
+        assert any("never reaches" in r.message for r in caplog.records) == warned
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,7 @@ def test_ibot_that_masks_nothing_says_it_trains_as_dino(fields, caplog):
         ("ibot", {"patch_out_dim": 0}, "method.patch_out_dim = 0"),
         ("ibot", {"mask_prob": 1.5}, "method.mask_prob = 1.5"),
         ("ibot", {"lambda_patch": -1.0}, "method.lambda_patch = -1.0"),
+        ("ibot", {"lambda_cls": 0.0, "lambda_patch": 0.0}, "method.lambda_cls = 0.0"),
         ("dino", {"out_dim": 0}, "method.out_dim = 0"),
         ("dino", {"out_dim": -5}, "method.out_dim = -5"),
         ("dino", {"global_crop_scale": (1.0, 0.4)}, "method.global_crop_scale = (1.0, 0.4)"),
@@ -365,3 +366,12 @@ def test_show_attention_for_any_channel_count(tmp_path, chans, bands):
     args = ["show", "attention", "--encoder", str(enc), "--data", str(data), "--out", str(out)]
     assert main(args + (["--bands", bands] if bands else [])) == 0
     assert out.stat().st_size > 1000
+
+
+def test_ibot_collapse_warning_names_the_class_token_loss(caplog):
+    """iBOT's total loss adds the patch term; the warning quotes the class-token loss it judges."""
+    config = IBOTConfig(**SMALL, patch_out_dim=128, collapse_patience=1)
+    method = build_method(config, create_vit("vit_tiny", 16, 4, 3))
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        method.monitor(torch.full((4, 128), 1 / 128), math.log(128))
+    assert any("the class-token loss (loss_cls) 4.8520" in r.message for r in caplog.records)

@@ -157,8 +157,9 @@ class DistributionMonitor:
     a healthy run sits within 2 % of ln(K) for its first tens of steps.
     """
 
-    def __init__(self, out_dim: int, patience: int = 20):
+    def __init__(self, out_dim: int, patience: int = 20, loss_name: str = "the loss"):
         self.log_k = math.log(out_dim)
+        self.loss_name = loss_name
         self.patience = patience
         self.flat_steps = 0
         self.warned = False
@@ -178,8 +179,9 @@ class DistributionMonitor:
         if self.flat_steps >= self.patience and not self.warned:
             self.warned = True
             log.warning(
-                "collapse: the loss %.4f has sat at ln(%d) = %.4f for %d steps (teacher entropy "
+                "collapse: %s %.4f has sat at ln(%d) = %.4f for %d steps (teacher entropy "
                 "%.3f, KL to uniform %.3f): student and teacher output the uniform distribution",
+                self.loss_name,
                 loss,
                 round(math.exp(self.log_k)),
                 self.log_k,

@@ -77,6 +77,11 @@ class IBOTConfig(DINOConfig):
             aspect_limit(self, "pred_aspect"),
             ("lambda_cls", 0 <= self.lambda_cls < math.inf, "a finite number, at least 0"),
             ("lambda_patch", 0 <= self.lambda_patch < math.inf, "a finite number, at least 0"),
+            (
+                "lambda_cls",
+                self.lambda_cls + self.lambda_patch > 0,
+                "above 0 where lambda_patch is 0 (with both at 0 nothing trains)",
+            ),
         ]
 
 
@@ -121,6 +126,7 @@ class IBOT(DINO):
         super().__init__(config, encoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         self.register_buffer("center_patch", torch.zeros(1, 1, config.patch_out_dim))
+        self.monitor.loss_name = "the class-token loss (loss_cls)"
         if config.mask_prob == 0 or config.pred_ratio + config.pred_ratio_var == 0:
             log.warning(
                 "iBOT with method.mask_prob %g and method.pred_ratio %g +- %g masks no patch: "

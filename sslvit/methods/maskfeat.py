@@ -12,6 +12,7 @@ patch side (8x8 cells in 16x16 patches; a patch under 8 px is one cell, see
 The target of a patch is `channels * bins * (p / cell)^2` long.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -20,11 +21,13 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sslvit.methods.base import CheckedConfig, Method, aspect_limit, pool_limit
+from sslvit.methods.base import CheckedConfig, Method, aspect_limit, check_limits, pool_limit
 from sslvit.methods.common import CollapseMonitor, all_reduce_mean_
 from sslvit.methods.masking import block_masks
 from sslvit.methods.registry import register
 from sslvit.models.vit import forward_tokens, pool_tokens
+
+log = logging.getLogger("sslvit")
 
 
 @dataclass
@@ -154,6 +157,25 @@ class MaskFeat(Method):
         self.pool = config.pool
         self.patch_size = encoder.patch_embed.patch_size[0]
         self.cell_size = config.cell_size or default_cell_size(self.patch_size)
+        patches = math.prod(encoder.patch_embed.grid_size)
+        check_limits(
+            "method",
+            config,
+            [
+                (
+                    "cell_size",
+                    self.patch_size % self.cell_size == 0,
+                    f"a divisor of the patch size {self.patch_size}",
+                ),
+                ("min_block", config.min_block <= patches, f"at most the {patches} patches"),
+            ],
+        )
+        if config.pool == "cls":
+            log.warning(
+                "MaskFeat with method.pool=cls: the probes and exports read the class token, "
+                "which its loss never reaches (it learns only through attention); mean is the "
+                "feature MaskFeat trains"
+            )
         in_chans = encoder.patch_embed.proj.in_channels
         per = self.patch_size // self.cell_size
         self.target_dim = in_chans * config.hog_bins * per * per
