@@ -479,3 +479,17 @@ def test_a_run_without_out_goes_to_runs_method_and_resume_needs_out(
     capsys.readouterr()
     assert main(["pretrain", "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "segment"])
+def test_an_out_that_is_a_file_is_one_line(command, digits_folder, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    if command == "segment":
+        argv = ["segment", "--images", str(digits_folder), "--masks", str(digits_folder)]
+    else:
+        argv = [command, "--data", str(digits_folder)]
+    extra = TINY if command == "pretrain" else ["--encoder", "none", "--device", "cpu"]
+    assert main([*argv, *extra, "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file; a run writes a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"

@@ -256,6 +256,12 @@ def set_channels(counts: Counter) -> int:
     return max(counts, key=lambda n: (counts[n], n)) if counts else 0
 
 
+def check_out_is_folder(out: str | Path) -> None:
+    """Refuse a run's `--out` that names an existing file (a run's output is a folder)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise FileExistsError(f"--out {out} is a file; a run writes a folder: choose a new one")
+
+
 def check_out_outside(out: str | Path, *specs: str | None, what: str = "--out") -> None:
     """Refuse an output folder or file inside one of the data folders `specs` (None and files
     are passed over): a run's pictures, checkpoints and features would be read as images by the

@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sslvit.data.folders import check_out_is_folder
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -122,7 +124,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def check_new_run_dir(run_dir: Path, settings_name: str) -> None:
     """Refuse a folder that holds a run already, finished or not: its checkpoints, or the
     settings and metrics a run writes before its first checkpoint (new metrics would be
-    appended to the old ones)."""
+    appended to the old ones), and a file in the folder's place."""
+    check_out_is_folder(run_dir)
     left = [
         name
         for name in ("checkpoints/last.pt", settings_name, "metrics.jsonl")

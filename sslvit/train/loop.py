@@ -21,7 +21,7 @@ import sslvit
 from sslvit.data import SeededViews, channel_stats, open_images
 from sslvit.data.bands import band_names_of, fill_images, select_bands
 from sslvit.data.cubes import CubeTiles
-from sslvit.data.folders import absolute_spec, check_out_outside
+from sslvit.data.folders import absolute_spec, check_out_is_folder, check_out_outside
 from sslvit.methods import build_method
 from sslvit.models import EncoderInfo, create_vit, save_encoder, select_attention_kernel
 from sslvit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -181,6 +181,7 @@ class Trainer:
                     "first checkpoint starts again with the same command without --resume)"
                 )
             return load_checkpoint(self.ckpt_path)
+        check_out_is_folder(self.run_dir)
         if self.ckpt_path.exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it "
