@@ -49,7 +49,7 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu"):
 
 
 def _read_some(
-    images, n: int, transform, report_skipped: bool = True
+    images, n: int, transform, source: str, report_skipped: bool = True
 ) -> tuple[list[int], torch.Tensor]:
     """Up to `n` images spread evenly over the set, skipping files that cannot be read.
 
@@ -71,7 +71,7 @@ def _read_some(
         except UnreadableImageError as err:
             log.log(logging.WARNING if report_skipped else logging.DEBUG, "skipped: %s", err)
     if not tensors:
-        raise ValueError("none of the images could be read")
+        raise ValueError(f"{source}: none of the {len(images)} images could be read")
     return picks, torch.stack(tensors)
 
 
@@ -149,7 +149,7 @@ def recon_figure(
             f"{config.data.in_chans}"
         )
     transform = eval_transform(config.data.img_size, config.data.mean, config.data.std)
-    picks, batch = _read_some(images, n_images, transform, report_skipped)
+    picks, batch = _read_some(images, n_images, transform, source, report_skipped)
     batch = batch.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     recon, hidden = method.reconstruct(batch, generator=generator)
@@ -230,7 +230,8 @@ def attention_figure(
     Args:
         encoder_path: A run folder or an exported `.safetensors` encoder.
         out: PNG path to write.
-        data: Images to show; None for the built-in sample.
+        data: Images to show; None for the run's own data (a run folder), else the built-in
+            sample.
         n_images: Rows of the figure, drawn evenly across the data.
         bands: The encoder's bands drawn as red, green, blue (see `composite_bands`).
         device: Where the encoder runs.
@@ -242,7 +243,9 @@ def attention_figure(
     encoder, info = load_encoder(encoder_path, device)
     if info.band_groups:
         raise ValueError(f"{encoder_path}: attention maps need the plain patch embedding")
-    source = data or "sample:test"
+    run_config = Path(encoder_path) / "config.yaml"
+    run_data = load_config(run_config).data.path if run_config.is_file() else None
+    source = data or run_data or "sample:test"
     images = open_images(
         source,
         labeled=False,
@@ -255,12 +258,14 @@ def attention_figure(
     )
     images = _chosen_bands(images, info.bands, source)
     if images.in_chans != info.in_chans:
+        hint = "" if data else " (the built-in sample; give the images with --data)"
         raise ValueError(
-            f"{source}: images have {images.in_chans} channels, the encoder takes {info.in_chans}"
+            f"{source}: images have {images.in_chans} channels, the encoder takes "
+            f"{info.in_chans}{hint}"
         )
     size = info.img_size[0] if isinstance(info.img_size, (list, tuple)) else info.img_size
     transform = eval_transform(size, info.mean, info.std)
-    picks, batch = _read_some(images, n_images, transform)
+    picks, batch = _read_some(images, n_images, transform, source)
     # invalid pixels (NaN) go in as the band mean, 0 after normalisation
     maps = cls_attention(encoder, batch.nan_to_num(0.0).to(device)).float().cpu()
     maps = torch.nn.functional.interpolate(maps, size=batch.shape[-2:], mode="nearest")

@@ -368,6 +368,38 @@ def test_show_attention_for_any_channel_count(tmp_path, chans, bands):
     assert out.stat().st_size > 1000
 
 
+def test_show_attention_without_data_reads_the_runs_own_images(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        np.save(data / f"{i}.npy", rng.random((3, 16, 16)).astype(np.float32))
+    run = tmp_path / "run"
+    assert main([
+        "pretrain", "--data", str(data), "--img-size", "16", "--patch-size", "4",
+        "--batch-size", "4", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+        "--set", "run.stop_at_step=1", "--set", "method.decoder_embed_dim=32",
+        "--set", "method.decoder_depth=1", "--out", str(run),
+    ]) == 0  # fmt: skip
+    out = tmp_path / "attn.png"
+    assert main(["show", "attention", "--encoder", str(run), "--out", str(out), "--n", "2"]) == 0
+    assert out.stat().st_size > 1000
+    # an exported encoder has no run data: the built-in sample is 1-channel digits
+    enc = run / "encoder.safetensors"
+    capsys.readouterr()
+    assert main(["show", "attention", "--encoder", str(enc), "--out", str(out)]) == 2
+    assert "the encoder takes 3 (the built-in sample; give the images with --data)" in (
+        capsys.readouterr().err
+    )
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(2):
+        (bad / f"{i}.png").write_bytes(b"not a png")
+    argv = ["show", "attention", "--encoder", str(run), "--data", str(bad), "--out", str(out)]
+    assert main(argv) == 2
+    assert f"{bad}: none of the 2 images could be read" in capsys.readouterr().err
+
+
 def test_ibot_collapse_warning_names_the_class_token_loss(caplog):
     """iBOT's total loss adds the patch term; the warning quotes the class-token loss it judges."""
     config = IBOTConfig(**SMALL, patch_out_dim=128, collapse_patience=1)

@@ -49,7 +49,10 @@ def add_show(sub) -> None:
         "--method", choices=["umap", "tsne"], default="umap", help="embedding: map (umap)"
     )
     p.add_argument("--run", help="curves: run folder (reads its metrics.jsonl)")
-    p.add_argument("--data", help="images to show; omitted: the run's data (recon), the sample")
+    p.add_argument(
+        "--data",
+        help="images to show; omitted: the run's data (a run folder), else the built-in sample",
+    )
     p.add_argument(
         "--bands",
         help="recon, attention: the encoder's bands drawn as R,G,B, by 0-based index or name "
