@@ -273,3 +273,15 @@ def test_a_npy_that_is_not_a_numeric_array_is_named_as_such(tmp_path):
     np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UnreadableImageError, match=r"objects\.npy: holds Python objects"):
         read_image(objects)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
+def test_a_float_array_without_a_finite_value_is_unreadable(tmp_path, fill):
+    blank = tmp_path / "blank.npy"
+    np.save(blank, np.full((3, 8, 8), fill, np.float32))
+    with pytest.raises(UnreadableImageError, match=r"blank\.npy: no valid pixel"):
+        read_image(blank)
+    partly = np.zeros((3, 8, 8), np.float32)
+    partly[0, 0, 0] = fill  # one invalid pixel: read, and filled later
+    np.save(tmp_path / "partly.npy", partly)
+    assert read_image(tmp_path / "partly.npy").shape == (3, 8, 8)

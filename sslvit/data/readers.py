@@ -135,6 +135,9 @@ def read_array(path: str | Path) -> np.ndarray:
         raise UnreadableImageError(f"{path}: unsupported pixel type {array.dtype}")
     if min(array.shape) == 0:
         raise UnreadableImageError(f"{path}: image has an empty axis, shape {array.shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).any():
+        # NaN and infinity are invalid pixels (filled with the band mean): nothing would be left
+        raise UnreadableImageError(f"{path}: no valid pixel, every value is NaN or infinite")
     return array
 
 
