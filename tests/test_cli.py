@@ -493,3 +493,19 @@ def test_an_out_that_is_a_file_is_one_line(command, digits_folder, tmp_path, cap
     assert main([*argv, *extra, "--out", str(taken)]) == 2
     assert f"--out {taken} is a file; a run writes a folder" in capsys.readouterr().err
     assert taken.read_text() == "mine"
+
+
+def test_print_config_shows_every_field_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["pretrain", "--method", "ibot", "--set", "method.mask_prob=0.7", "--print-config"])
+        == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["method"]["name"] == "ibot" and printed["method"]["mask_prob"] == 0.7
+    assert {"pred_ratio", "student_temp", "out_dim"} <= set(printed["method"])
+    assert printed["run"]["out"] == "runs/ibot" and not (tmp_path / "runs").exists()
+    assert (
+        main(["pretrain", "--method", "dino", "--set", "method.momentum=2", "--print-config"]) == 2
+    )
+    assert "method.momentum = 2.0: must be in [0, 1]" in capsys.readouterr().err

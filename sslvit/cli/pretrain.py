@@ -118,6 +118,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from sslvit.viz import recon_figure
 
     config = build_config(args)
+    if args.print_config:
+        for part in (config.optim, config.run, config.method):
+            part.check()
+        print(config.to_yaml(), end="")
+        return
     args.out = config.run.out  # where a stopped run's message points
     try:
         trainer = Trainer(config, resume=args.resume)
@@ -198,6 +203,11 @@ def add_pretrain(sub) -> None:
         help="override any config field, e.g. --set optim.warmup_epochs=2 (repeatable)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the run's whole config (every field --set can change) and exit",
+    )
     add_reader_options(p, downstream=False)
     p.set_defaults(func=cmd_pretrain)
 

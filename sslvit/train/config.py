@@ -148,8 +148,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
 
 def _plain(value):
