@@ -368,6 +368,12 @@ def test_interrupt_message_of_finetune_and_segment_names_the_kept_checkpoints(tm
     (run / "checkpoints").mkdir(parents=True)
     for name in ("last.pt", "best.pt"):
         (run / "checkpoints" / name).write_bytes(b"x")
+    from sslvit.cli.pretrain import cmd_pretrain
+
+    # a Ctrl-C before pretrain has decided its folder points at no other run's checkpoint
+    assert _after_interrupt(Namespace(func=cmd_pretrain, out=None)).startswith(
+        "no checkpoint was written yet"
+    )
     message = _after_interrupt(Namespace(func=cmd_segment, out=str(run)))
     assert message == (
         f"best.pt, last.pt kept in {run / 'checkpoints'}; this command does not resume: "

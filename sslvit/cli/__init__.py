@@ -27,9 +27,9 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     if args.func is cmd_eval and args.kind == "efficiency":
         return "finished results stay in eval/efficiency.json; the same command runs the rest"
     if args.func is cmd_pretrain:
-        from sslvit.train.config import Config
-
-        out = Path(getattr(args, "out", None) or Config().run.out)
+        if not getattr(args, "out", None):  # stopped before its folder was decided
+            return "no checkpoint was written yet; run the same command again (without --resume)"
+        out = Path(args.out)
         if (out / "checkpoints" / "last.pt").is_file():
             return f"the last checkpoint is kept; continue with --out {out} --resume"
         return "no checkpoint was written yet; run the same command again (without --resume)"
