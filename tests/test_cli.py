@@ -467,8 +467,8 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(
     capsys.readouterr()
     assert main(["pretrain", "--out", str(out), "--resume", "--set", "run.stop_at_step=3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"could not write the checkpoint {ckpt} (No space left on device)" in err
-    assert "free some space" in err and f"continue with --out {out} --resume" in err
+    assert f"could not write the checkpoint {ckpt} (No space left on device; free some space" in err
+    assert f"the last checkpoint is kept; continue with --out {out} --resume" in err
     assert ckpt.read_bytes() == good
     assert not list(ckpt.parent.glob("*.tmp"))
 
@@ -515,3 +515,11 @@ def test_print_config_shows_every_field_and_trains_nothing(tmp_path, capsys, mon
         main(["pretrain", "--method", "dino", "--set", "method.momentum=2", "--print-config"]) == 2
     )
     assert "method.momentum = 2.0: must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_method_settings_are_checked_before_the_data_is_scanned(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    argv = ["pretrain", "--data", str(missing), "--method", "ibot", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--set", "method.lambda_cls=0", "--set", "method.lambda_patch=0"]) == 2
+    err = capsys.readouterr().err
+    assert "method.lambda_cls = 0.0" in err and "no such folder" not in err

@@ -136,9 +136,14 @@ def test_head_on_selected_rows_equals_the_full_head_there(batch_norm):
 @pytest.mark.parametrize("fields", [{"mask_prob": 0.0}, {"pred_ratio": 0.0, "pred_ratio_var": 0.0}])
 def test_ibot_that_masks_nothing_says_it_trains_as_dino(fields, caplog):
     config = IBOTConfig(**{**SMALL, "patch_out_dim": SMALL["out_dim"], **fields})
+    vit = create_vit("vit_tiny", 16, 4, 3)
     with caplog.at_level(logging.WARNING, logger="sslvit"):
-        build_method(config, create_vit("vit_tiny", 16, 4, 3))
+        build_method(config, vit)
     assert any("masks no patch" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sslvit"):
+        build_method(IBOTConfig(**{**SMALL, "patch_out_dim": 128, "lambda_patch": 0.0}), vit)
+    assert any("lambda_patch 0" in r.message for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sslvit"):
         build_method(

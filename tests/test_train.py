@@ -232,3 +232,39 @@ def test_a_checkpoint_write_holds_interrupts_but_keeps_an_ignored_one_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_full_disk_while_writing_the_encoder_is_mended_by_resuming(
+    digits_folder, tmp_path, monkeypatch
+):
+    """The checkpoint is written, then the disk fills while writing the encoder: the error
+    names the file, no temporary file stays, and resuming the finished run writes the encoder
+    its checkpoint holds."""
+    import safetensors.torch
+
+    from sslvit.models import io
+    from sslvit.models.io import WriteError
+
+    out = tmp_path / "r"
+
+    def config():
+        one = tiny_config(digits_folder, out)
+        one.optim.epochs, one.optim.warmup_epochs = 1, 0.5
+        return one
+
+    encoder = out / "encoder.safetensors"
+    pretrain(config())
+    whole = encoder.read_bytes()
+    encoder.unlink()
+
+    def full_disk(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: No space left (os error 28)")
+
+    monkeypatch.setattr(io, "save_file", full_disk)
+    trainer = Trainer(config(), resume=True)
+    with pytest.raises(WriteError, match=r"encoder\.safetensors \(No space left on device; free"):
+        trainer.train()
+    assert not encoder.exists() and not list(out.glob("*.tmp"))
+    monkeypatch.setattr(io, "save_file", safetensors.torch.save_file)
+    Trainer(config(), resume=True).train()
+    assert encoder.read_bytes() == whole

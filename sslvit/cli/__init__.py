@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_TaggedFormatter())
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=[handler])
-    from sslvit.train.checkpoint import CheckpointWriteError, Terminated, raise_terminated
+    from sslvit.models.io import WriteError
+    from sslvit.train.checkpoint import Terminated, raise_terminated
     from sslvit.train.loop import NonFiniteLossError
 
     # `kill` or a job scheduler stops a run the way Ctrl-C does: checkpoints finish writing,
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"sslvit: stopped: {err}", file=sys.stderr)
         return 1
-    except CheckpointWriteError as err:
+    except WriteError as err:
         print(f"sslvit: stopped: {err}; {_after_interrupt(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:

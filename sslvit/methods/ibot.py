@@ -135,6 +135,11 @@ class IBOT(DINO):
                 config.pred_ratio,
                 config.pred_ratio_var,
             )
+        elif config.lambda_patch == 0:
+            log.warning(
+                "iBOT with method.lambda_patch 0: the patch loss does not count and this run "
+                "trains as DINO on masked views"
+            )
 
     def make_head(self, in_dim: int) -> nn.Module:
         cls_head = super().make_head(in_dim)

@@ -6,6 +6,7 @@ with, so every downstream command can rebuild the encoder and feed it data the s
 """
 
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -82,15 +83,43 @@ class EncoderInfo:
         return {"embed_layer": grouped_embed_layer(self.band_groups)} if self.band_groups else {}
 
 
-def _atomic_write(path: Path, write) -> None:
+class WriteError(OSError):
+    """A run's file (checkpoint, encoder) could not be written; the file at that path before,
+    if any, is unchanged. The message names the file and the reason (a full disk, no write
+    access), found in the chain of exceptions the writer raised."""
+
+    def __init__(self, what: str, path: Path, cause: BaseException):
+        os_error = cause
+        while os_error is not None and not isinstance(os_error, OSError):
+            os_error = os_error.__cause__ or os_error.__context__
+        code = getattr(os_error, "errno", None)
+        if code is None and "os error 28" in str(cause):  # safetensors' Rust error, as text
+            code = errno.ENOSPC
+        reason = (os_error.strerror if os_error is not None else None) or str(cause)
+        reason = reason.strip().splitlines()[0] if reason.strip() else type(cause).__name__
+        if code == errno.ENOSPC:
+            reason = os.strerror(errno.ENOSPC) + "; free some space on that disk"
+        super().__init__(code, f"could not write {what} {path} ({reason})")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _atomic_write(path: Path, write, what: str = "the encoder") -> None:
+    """`write(tmp)` to a temporary file beside `path`, then one rename; a failed write leaves
+    `path` as it was and no temporary file (raises `WriteError`)."""
     tmp = path.with_name(path.name + ".tmp")
-    # the mode a new file gets under the umask; safetensors writes its files 0600 whatever it is
-    tmp.unlink(missing_ok=True)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
-    mode = tmp.stat().st_mode & 0o777
-    write(tmp)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        # the mode a new file gets under the umask; safetensors writes its files 0600 whatever
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        mode = tmp.stat().st_mode & 0o777
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(what, path, err) from err
 
 
 def sidecar_path(weights: str | Path) -> Path:

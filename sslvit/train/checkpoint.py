@@ -1,7 +1,6 @@
 """Atomic checkpoints and the random-number state that exact resume needs."""
 
 import contextlib
-import errno
 import os
 import random
 import signal
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from sslvit.data.readers import describe_error
+from sslvit.models.io import WriteError
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -22,7 +22,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     complete, then raised as usual.
 
     Raises:
-        CheckpointWriteError: the write failed (a full disk, a folder without write access);
+        WriteError: the write failed (a full disk, a folder without write access);
             `path` is as it was.
     """
     path = Path(path)
@@ -37,31 +37,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             os.replace(tmp, path)
         except (OSError, RuntimeError) as err:
             # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos")
-            raise CheckpointWriteError(path, err) from err
+            raise WriteError("the checkpoint", path, err) from err
         finally:
             # a failed write (a full disk, a kill) leaves no half-written file behind
             tmp.unlink(missing_ok=True)
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the one at the same path before is unchanged."""
-
-    def __init__(self, path: Path, cause: BaseException):
-        os_error = cause
-        while os_error is not None and not isinstance(os_error, OSError):
-            os_error = os_error.__cause__ or os_error.__context__
-        code = getattr(os_error, "errno", None)
-        reason = (os_error.strerror if os_error is not None else None) or str(cause)
-        reason = reason.strip().splitlines()[0] if reason.strip() else type(cause).__name__
-        hint = "; free some space on that disk" if code in (errno.ENOSPC, errno.EDQUOT) else ""
-        super().__init__(
-            code,
-            f"could not write the checkpoint {path} ({reason}); the checkpoint there before, "
-            f"if any, is unchanged{hint}",
-        )
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 class Terminated(KeyboardInterrupt):

@@ -136,8 +136,8 @@ class Trainer:
     """
 
     def __init__(self, config: Config, resume: bool = False):
-        config.optim.check()
-        config.run.check()
+        for part in (config.optim, config.run, config.method):
+            part.check()  # before the data scan, which can take minutes
         self.config = config
         self.device = resolve_device(config.run.device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -484,6 +484,11 @@ class Trainer:
                 else ""
             )
             log.info("%s is at step %d: nothing to train%s", self.run_dir, self.start_step, more)
+            encoder = self.run_dir / "encoder.safetensors"
+            if self.dist.is_main and not encoder.is_file():
+                # the run stopped between its checkpoint and its encoder (a full disk)
+                save_encoder(self.method.encoder, self.encoder_info(), encoder)
+                log.info("wrote the encoder the checkpoint holds: %s", encoder)
             return self.run_dir
         self._write_run_files()
         logger = RunLogger(self.run_dir, self.total_steps, self.start_step, self.dist.is_main)
