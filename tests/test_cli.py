@@ -145,7 +145,7 @@ def test_a_relative_data_path_is_saved_absolute(digits_folder, tmp_path, monkeyp
         (["pretrain", "--batch-size", "0"], "optim.batch_size"),
         (["pretrain", "--set", "run.stop_at_step=-5"], "run.stop_at_step = -5: must be at least 0"),
         (["pretrain", "--epochs", "inf"], "optim.epochs = inf: must be a finite number above 0"),
-        (["pretrain", "--patch-size", "0"], "patch size 0: must be at least 1"),
+        (["pretrain", "--patch-size", "0"], "model.patch_size = 0: must be at least 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
@@ -515,6 +515,10 @@ def test_print_config_shows_every_field_and_trains_nothing(tmp_path, capsys, mon
         main(["pretrain", "--method", "dino", "--set", "method.momentum=2", "--print-config"]) == 2
     )
     assert "method.momentum = 2.0: must be in [0, 1]" in capsys.readouterr().err
+    assert main(["pretrain", "--set", "data.img_size=-3", "--print-config"]) == 2
+    assert "data.img_size = -3: must be at least 1" in capsys.readouterr().err
+    assert main(["pretrain", "--set", "model.name=vit_huge", "--print-config"]) == 2
+    assert "model.name = vit_huge: must be one of vit_base" in capsys.readouterr().err
 
 
 def test_method_settings_are_checked_before_the_data_is_scanned(tmp_path, capsys):

@@ -119,7 +119,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     config = build_config(args)
     if args.print_config:
-        for part in (config.optim, config.run, config.method):
+        for part in (config.data, config.model, config.optim, config.run, config.method):
             part.check()
         print(config.to_yaml(), end="")
         return

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from sslvit.methods import method_config_class
-from sslvit.methods.base import check_limits
+from sslvit.methods.base import check_limits, scale_limit
+from sslvit.models.vit import MODELS
 
 
 @dataclass
@@ -52,6 +53,16 @@ class DataConfig:
     window: str | None = None
     slice_axis: int = -1
 
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        limits = [
+            ("img_size", self.img_size >= 1, "at least 1"),
+            ("stats_samples", self.stats_samples >= 1, "at least 1"),
+            scale_limit(self, "crop_scale"),
+            ("workers", self.workers >= 0, "at least 0"),
+        ]
+        check_limits("data", self, limits)
+
 
 @dataclass
 class ModelConfig:
@@ -65,6 +76,16 @@ class ModelConfig:
     patch_size: int = 16
     drop_path: float = 0.0
     band_groups: int = 0
+
+    def check(self) -> None:
+        """Fail before any work on a value outside its range, naming the field."""
+        limits = [
+            ("name", self.name in MODELS, f"one of {', '.join(sorted(MODELS))}"),
+            ("patch_size", self.patch_size >= 1, "at least 1"),
+            ("drop_path", 0 <= self.drop_path < 1, "in [0, 1)"),
+            ("band_groups", self.band_groups >= 0, "at least 0 (0 = the plain embedding)"),
+        ]
+        check_limits("model", self, limits)
 
 
 @dataclass
