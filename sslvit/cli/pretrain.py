@@ -119,8 +119,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     config = build_config(args)
     if args.print_config:
-        for part in (config.data, config.model, config.optim, config.run, config.method):
-            part.check()
+        config.check()
         print(config.to_yaml(), end="")
         return
     args.out = config.run.out  # where a stopped run's message points

@@ -166,6 +166,11 @@ class Config:
         if self.method is None:
             self.method = method_config_class("mae")()
 
+    def check(self) -> None:
+        """Every section's ranges, before any work (a data scan can take minutes)."""
+        for part in (self.data, self.model, self.optim, self.run, self.method):
+            part.check()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

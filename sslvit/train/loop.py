@@ -136,8 +136,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, resume: bool = False):
-        for part in (config.data, config.model, config.optim, config.run, config.method):
-            part.check()  # before the data scan, which can take minutes
+        config.check()
         self.config = config
         self.device = resolve_device(config.run.device)
         self.dist: DistInfo = init_distributed(self.device)
